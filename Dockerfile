@@ -1,0 +1,28 @@
+# The login pipeline's Python commands: the consumer (default), the generator and topic creation.
+#
+#   docker build -t loginpipe .
+#   docker run --rm loginpipe python -m loginpipe.generator --help
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Every pinned dependency ships manylinux wheels for x86_64 and aarch64 (python-snappy 0.7
+# uses cramjam's wheels), so no compiler is needed. Installed before the code is copied, so
+# code changes do not reinstall them.
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+# An unprivileged user; the code stays root-owned and read-only to it.
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app
+
+COPY loginpipe/ loginpipe/
+COPY *.py ./
+
+USER app
+
+CMD ["python", "create_kafka_consumer.py"]

@@ -1,0 +1,47 @@
+# Two commands on a fresh machine:  `make run`  (the whole pipeline)  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
+
+run: $(STAMP) kafka-fetch          ## broker + topics + generator + consumer; Ctrl+C stops it
+	$(PY) -m loginpipe.stack
+
+test: $(STAMP) kafka-fetch         ## unit + integration tests against a real local broker
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+kafka-fetch: $(STAMP)
+	$(PY) -m loginpipe.broker fetch
+
+kafka-start: kafka-fetch
+	$(PY) -m loginpipe.broker start
+
+kafka-stop: $(STAMP)
+	$(PY) -m loginpipe.broker stop
+
+kafka-status: $(STAMP)
+	$(PY) -m loginpipe.broker status
+
+kafka-logs: $(STAMP)
+	$(PY) -m loginpipe.broker logs
+
+topics: $(STAMP)
+	$(PY) create_kafka_topic.py
+
+generate: $(STAMP)
+	$(PY) -m loginpipe.generator
+
+clean:                             ## stops the broker, removes the venv and all Kafka files
+	-$(PY) -m loginpipe.broker stop
+	rm -rf $(VENV) .kafka .pytest_cache .ruff_cache .hypothesis

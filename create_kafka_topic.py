@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Create every Kafka topic the login pipeline uses (see loginpipe/topics.py)."""
+
+import sys
+
+from loginpipe.config import run_cli
+from loginpipe.topics import main
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,310 @@
+"""The shell around the pure core: Kafka clients, worker threads, checkpoints, signals, shutdown.
+
+    Kafka poll -> process_batch (pure) -> Sender (shared producer) -> Checkpointer (commit)
+                                       \\-> Stats
+
+One ``Application`` owns the shared producer, the shared aggregations and the stats; each
+``Worker`` thread owns one KafkaConsumer in the group and its Checkpointer. Threads overlap
+network waits but share one interpreter lock: to use more cores, run more processes with the
+same group id and Kafka spreads the partitions over them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TextIO
+
+from loginpipe.checkpoint import Checkpointer
+from loginpipe.config import PipelineConfig
+from loginpipe.delivery import Sender
+from loginpipe.errors import UserError
+from loginpipe.pipeline import process_batch
+from loginpipe.route import Routes
+from loginpipe.state import Aggregates
+from loginpipe.stats import Stats, Totals, format_summary
+from loginpipe.topics import admin_client
+
+POLL_TIMEOUT_MS = 200
+LAG_EVERY_S = 1.0
+HEALTH_EVERY_S = 5.0
+
+
+class Warner:
+    """Prints warnings to stderr, each distinct message at most once every ``every_s`` seconds."""
+
+    def __init__(self, out: TextIO | None = None, every_s: float = 5.0) -> None:
+        self.out = out or sys.stderr
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+
+    def __call__(self, message: str) -> None:
+        key = message[:40]
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self.every_s:
+            self._last[key] = now
+            print(f"warning: {message}", file=self.out, flush=True)
+
+
+@dataclass
+class RunResult:
+    totals: Totals
+    aggregates: dict
+    elapsed_s: float
+    failed: bool
+
+
+class Application:
+    def __init__(self, config: PipelineConfig, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.config = config
+        self.out = out or sys.stdout
+        self.warn = Warner(err)
+        self.stop = threading.Event()
+        self.state = Aggregates(max_tracked_keys=config.max_tracked_keys)
+        self.routes = Routes(config.output_topic, config.dlq_topic)
+        self.stats = Stats(config.stats_every, config.stats_interval_s, out=self.out,
+                           enabled=not config.quiet)
+        self.failure: str | None = None
+        self.producer = None
+        self.sender: Sender | None = None
+        self._interrupts = 0
+
+    def run(self, install_signals: bool = True) -> RunResult:
+        """Run until stopped (signal, idle timeout or a worker failure); return the totals."""
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)  # broker trouble is reported by us
+        self._check_topics()
+        self.producer = self._make_producer()
+        self.sender = Sender(self.producer, self.warn, self.stop)
+        if install_signals:
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGTERM, self._on_signal)
+        workers = [Worker(i, self) for i in range(self.config.threads)]
+        for worker in workers:
+            worker.start()
+        if not self.config.quiet:
+            print(f"consuming {self.config.input_topic} at {self.config.bootstrap_servers} with "
+                  f"{len(workers)} thread(s) in group {self.config.group_id}; Ctrl+C stops",
+                  file=self.out, flush=True)
+        try:
+            self._supervise(workers)
+        finally:
+            self.stop.set()
+            for worker in workers:
+                worker.join()
+            self.sender.flush(timeout_s=30.0)
+            self.producer.close(timeout=10)
+        result = RunResult(self.stats.totals, self.state.summary(), self.stats.elapsed(),
+                           self.failure is not None)
+        print(format_summary(result.totals, result.elapsed_s, result.aggregates), file=self.out, flush=True)
+        return result
+
+    def fail(self, description: str) -> None:
+        """A worker hit a bug: report it and stop everything (outputs so far are still committed)."""
+        self.failure = description
+        print(f"error: a worker thread failed:\n{description}", file=sys.stderr, flush=True)
+        self.stop.set()
+
+    def _on_signal(self, signum, frame) -> None:
+        self._interrupts += 1
+        if self._interrupts > 1:
+            print("\nsecond interrupt: exiting now", file=sys.stderr, flush=True)
+            os._exit(130)
+        print(f"\n{signal.Signals(signum).name}: finishing the batch in flight, flushing, committing "
+              "(Ctrl+C again to exit at once)", file=sys.stderr, flush=True)
+        self.stop.set()
+
+    def _supervise(self, workers: list[Worker]) -> None:
+        idle_s = self.config.stop_when_idle_s
+        next_health = time.monotonic() + HEALTH_EVERY_S
+        down_since: float | None = None
+        while not self.stop.is_set():
+            self.stop.wait(0.2)
+            self.stats.tick()
+            now = time.monotonic()
+            if not any(w.is_alive() for w in workers):
+                return
+            if idle_s > 0:
+                last = self.stats.last_record_at or self.stats.started
+                if now - last >= idle_s and all(w.pending_records == 0 for w in workers):
+                    if not self.config.quiet:
+                        print(f"no records for {idle_s:g}s: stopping", file=self.out, flush=True)
+                    return
+            if now >= next_health:
+                next_health = now + HEALTH_EVERY_S
+                down_since = self._check_health(now, down_since)
+
+    def _check_health(self, now: float, down_since: float | None) -> float | None:
+        """Warn while no bootstrap server accepts connections; say when one does again."""
+        if _any_reachable(self.config.bootstrap_servers):
+            if down_since is not None:
+                self.warn(f"broker at {self.config.bootstrap_servers} is reachable again after "
+                          f"{now - down_since:.0f}s; resuming")
+            return None
+        down_since = down_since or now
+        self.warn(f"broker at {self.config.bootstrap_servers} unreachable for {now - down_since:.0f}s; "
+                  "waiting for it (nothing is lost: offsets are committed only after delivery)")
+        return down_since
+
+    def _check_topics(self) -> None:
+        """Fail fast, with one line, when the broker or a topic is missing."""
+        admin = admin_client(self.config.bootstrap_servers)
+        try:
+            names = [self.config.input_topic, self.config.output_topic, self.config.dlq_topic]
+            found = {t["name"] for t in admin.describe_topics(names) if t.get("error_code", 0) == 0}
+        finally:
+            admin.close()
+        missing = [name for name in names if name not in found]
+        if missing:
+            raise UserError(f"topic(s) {', '.join(missing)} do not exist at {self.config.bootstrap_servers}; "
+                            "create them with: python create_kafka_topic.py")
+
+    def _make_producer(self):
+        from kafka import KafkaProducer
+
+        return KafkaProducer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            client_id="loginpipe-pipeline",
+            acks="all",
+            enable_idempotence=True,
+            compression_type="snappy",
+            linger_ms=self.config.linger_ms,
+            batch_size=self.config.batch_size,
+            delivery_timeout_ms=30_000,
+            request_timeout_ms=10_000,
+            max_block_ms=10_000,
+            reconnect_backoff_max_ms=2_000,
+            bootstrap_timeout_ms=10_000,
+        )
+
+    def make_consumer(self, index: int):
+        from kafka import KafkaConsumer
+
+        return KafkaConsumer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            group_id=self.config.group_id,
+            client_id=f"loginpipe-worker-{index}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.config.max_poll_records,
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=2 * 1024 * 1024,
+            # Short, so a killed member's partitions move to the survivors within seconds.
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            reconnect_backoff_max_ms=2_000,
+            bootstrap_timeout_ms=10_000,
+        )
+
+
+class Worker(threading.Thread):
+    """One consumer in the group: poll, process the batch, send, checkpoint."""
+
+    def __init__(self, index: int, app: Application) -> None:
+        super().__init__(name=f"worker-{index}", daemon=True)
+        self.index = index
+        self.app = app
+        self.checkpointer: Checkpointer | None = None
+        self._next_offsets: dict = {}
+        self._lag_at = 0.0
+
+    @property
+    def pending_records(self) -> int:
+        return self.checkpointer.pending_records if self.checkpointer else 0
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            self.app.fail(traceback.format_exc())
+
+    def _run(self) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        app, config = self.app, self.app.config
+        consumer = app.make_consumer(self.index)
+        self.checkpointer = Checkpointer(consumer, app.sender, config.commit_every_records,
+                                         config.commit_interval_ms / 1000, app.warn,
+                                         on_resend=app.stats.count_resend)
+        worker = self
+
+        class Rebalance(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                worker.checkpointer.commit_all()
+                worker.checkpointer.forget(revoked)
+                for tp in revoked:
+                    worker._next_offsets.pop(tp, None)
+
+            def on_partitions_assigned(self, assigned):
+                pass
+
+        consumer.subscribe([config.input_topic], listener=Rebalance())
+        try:
+            while not app.stop.is_set():
+                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
+                if polled:
+                    self._handle(polled)
+                self.checkpointer.maybe_commit()
+                self._update_lag(consumer)
+            self.checkpointer.commit_all()
+        finally:
+            consumer.close(autocommit=False)
+
+    def _handle(self, polled: dict) -> None:
+        app = self.app
+        started = time.perf_counter()
+        records = [record for batch in polled.values() for record in batch]
+        offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
+        result = process_batch(records, app.state, app.routes, time.time(), app.config.max_future_skew_s)
+        futures = app.sender.send_all(result.outputs)
+        self.checkpointer.track(offsets, result.outputs, futures, result.consumed)
+        self._next_offsets.update(offsets)
+        if app.config.show_messages:
+            self._show(result.outputs)
+        done_ms = time.time() * 1000
+        app.stats.record(result, time.perf_counter() - started, [done_ms - r.timestamp for r in records])
+
+    def _show(self, outputs) -> None:
+        topic = self.app.routes.output_topic
+        text = "\n".join(o.value.decode() for o in outputs if o.topic == topic)
+        if text:
+            print(text, file=self.app.out, flush=True)
+
+    def _update_lag(self, consumer) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        lag = 0
+        for tp, next_offset in list(self._next_offsets.items()):
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # partition moved away between two polls
+                continue
+            if highwater is not None:
+                lag += max(0, highwater - next_offset)
+        self.app.stats.set_lag(self.name, lag)
+
+
+def _any_reachable(bootstrap_servers: str, timeout_s: float = 1.0) -> bool:
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    from loginpipe.config import pipeline_config
+
+    result = Application(pipeline_config(argv)).run()
+    return 1 if result.failed else 0

@@ -1,0 +1,170 @@
+"""Command-line plumbing shared by every entry point: flags with environment-variable twins,
+one-line errors for user mistakes. Each command's settings are a dataclass built here or in
+the command's module from the parsed flags, then passed down; nothing global holds them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loginpipe.errors import UserError
+from loginpipe.topics import DLQ_TOPIC, INPUT_TOPIC, OUTPUT_TOPIC
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:29092"
+
+
+class EnvArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose options may take their default from an environment variable."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_env_argument(self, flag: str, *, env: str, default: Any = None,
+                         type: Callable[[str], Any] = str, help: str = "", **kwargs: Any) -> None:
+        """Add ``flag``; ``$env``, when set, replaces the default. Flags still win over env."""
+        raw = os.environ.get(env)
+        if raw is not None and raw != "":
+            try:
+                default = type(raw)
+            except (TypeError, ValueError):
+                self.error(f"environment variable {env}={raw!r} is not a valid {flag} value")
+        help_text = f"{help} [env {env}]" if help else f"[env {env}]"
+        self.add_argument(flag, type=type, default=default, help=help_text, **kwargs)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(text)
+    return value
+
+
+# argparse shows a converter's __name__ in its "invalid ... value" message.
+positive_int.__name__ = "positive integer"
+non_negative_float.__name__ = "non-negative number"
+ratio.__name__ = "ratio between 0 and 1"
+
+
+def add_bootstrap_argument(parser: EnvArgumentParser) -> None:
+    parser.add_env_argument("--bootstrap-servers", env="BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP,
+                            help="Kafka bootstrap servers, comma-separated host:port")
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Run ``main``; turn user errors and Ctrl+C into a one-line message and an exit code."""
+    try:
+        return main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of the consumer pipeline (create_kafka_consumer.py)."""
+
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    input_topic: str = INPUT_TOPIC
+    output_topic: str = OUTPUT_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+    group_id: str = "user-login-group"
+    threads: int = 2
+    stats_every: int = 100
+    stats_interval_s: float = 0.0
+    show_messages: bool = False
+    stop_when_idle_s: float = 0.0
+    max_poll_records: int = 2000
+    commit_every_records: int = 10_000
+    commit_interval_ms: int = 1000
+    linger_ms: int = 5
+    batch_size: int = 256 * 1024
+    max_tracked_keys: int = 1_000_000
+    max_future_skew_s: float = 24 * 3600
+    quiet: bool = False
+
+
+def build_pipeline_parser() -> EnvArgumentParser:
+    defaults = PipelineConfig()
+    parser = EnvArgumentParser(
+        prog="create_kafka_consumer.py",
+        description="Consume login events, validate, keep mobile logins, normalize, aggregate, and "
+                    "publish enriched records (snappy batches); bad input goes to a dead-letter topic.",
+        epilog="Ctrl+C or SIGTERM stops cleanly (finish the batch, flush, commit); a second Ctrl+C "
+               "exits at once.")
+    add_bootstrap_argument(parser)
+    add = parser.add_env_argument
+    add("--input-topic", env="INPUT_TOPIC", default=defaults.input_topic, help="topic to consume")
+    add("--output-topic", env="OUTPUT_TOPIC", default=defaults.output_topic, help="enriched records")
+    add("--dlq-topic", env="DLQ_TOPIC", default=defaults.dlq_topic, help="dead letters")
+    add("--group-id", env="GROUP_ID", default=defaults.group_id, help="consumer group")
+    add("--threads", env="THREADS", type=positive_int, default=defaults.threads,
+        help="worker threads, each with its own consumer in the group")
+    add("--stats-every", env="STATS_EVERY", type=positive_int, default=defaults.stats_every,
+        help="print a stats line every N messages")
+    add("--stats-interval", env="STATS_INTERVAL", type=non_negative_float, default=defaults.stats_interval_s,
+        help="print a stats line every S seconds instead (0: use --stats-every)")
+    add("--show-messages", env="SHOW_MESSAGES", type=_flag, default=False, nargs="?", const=True,
+        help="print every processed record")
+    add("--stop-when-idle", env="STOP_WHEN_IDLE", type=non_negative_float, default=0.0,
+        help="drain and exit once no record arrived for S seconds (0: run until stopped)")
+    add("--max-poll-records", env="MAX_POLL_RECORDS", type=positive_int,
+        default=defaults.max_poll_records, help="records per batch at most")
+    add("--commit-every", env="COMMIT_EVERY", type=positive_int, default=defaults.commit_every_records,
+        help="checkpoint after this many records")
+    add("--commit-interval-ms", env="COMMIT_INTERVAL_MS", type=positive_int,
+        default=defaults.commit_interval_ms, help="or after this many milliseconds")
+    add("--linger-ms", env="LINGER_MS", type=int, default=defaults.linger_ms,
+        help="producer linger before sending a batch")
+    add("--batch-size", env="BATCH_SIZE", type=positive_int, default=defaults.batch_size,
+        help="producer batch size in bytes")
+    add("--max-tracked-keys", env="MAX_TRACKED_KEYS", type=positive_int,
+        default=defaults.max_tracked_keys, help="users (and devices) remembered for distinct counts")
+    parser.add_argument("--quiet", action="store_true", help="no stats lines, only the final summary")
+    return parser
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+_flag.__name__ = "boolean (true/false)"
+
+
+def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
+    """Build the pipeline's settings from flags and environment."""
+    args = build_pipeline_parser().parse_args(argv)
+    return PipelineConfig(
+        bootstrap_servers=args.bootstrap_servers, input_topic=args.input_topic,
+        output_topic=args.output_topic, dlq_topic=args.dlq_topic, group_id=args.group_id,
+        threads=args.threads, stats_every=args.stats_every, stats_interval_s=args.stats_interval,
+        show_messages=bool(args.show_messages), stop_when_idle_s=args.stop_when_idle,
+        max_poll_records=args.max_poll_records, commit_every_records=args.commit_every,
+        commit_interval_ms=args.commit_interval_ms, linger_ms=args.linger_ms,
+        batch_size=args.batch_size, max_tracked_keys=args.max_tracked_keys, quiet=args.quiet,
+    )

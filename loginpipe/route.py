@@ -1,0 +1,60 @@
+"""Where each record goes: the output topic for processed events, the dead-letter topic for
+rejected input. Builds the records; sending them is the shell's job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from loginpipe.events import RawRecord, Rejection
+from loginpipe.state import Snapshot
+from loginpipe.topics import DLQ_TOPIC, OUTPUT_TOPIC
+
+# Headers on every dead letter.
+REASON_HEADER = "dlq-reason"
+DETAIL_HEADER = "dlq-detail"
+SOURCE_TOPIC_HEADER = "source-topic"
+SOURCE_PARTITION_HEADER = "source-partition"
+SOURCE_OFFSET_HEADER = "source-offset"
+
+
+@dataclass(frozen=True)
+class Routes:
+    output_topic: str = OUTPUT_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def processed_record(routes: Routes, source: RawRecord, fields: dict, snapshot: Snapshot) -> OutputRecord:
+    """The enriched record for the output topic, keyed by user_id."""
+    fields["total_logins_for_version"] = snapshot.total_logins_for_version
+    fields["total_logins_from_locale"] = snapshot.total_logins_from_locale
+    fields["total_logins_for_device_type"] = snapshot.total_logins_for_device_type
+    fields["distinct_ips_for_user"] = snapshot.distinct_ips_for_user
+    fields["multi_ip_user"] = snapshot.distinct_ips_for_user > 1
+    fields["users_on_device"] = snapshot.users_on_device
+    fields["shared_device"] = snapshot.users_on_device > 1
+    fields["most_common_device_type"] = snapshot.most_common_device_type
+    fields["source_partition"] = source.partition
+    fields["source_offset"] = source.offset
+    return OutputRecord(routes.output_topic, fields["user_id"].encode(), orjson.dumps(fields))
+
+
+def dead_letter(routes: Routes, source: RawRecord, rejection: Rejection) -> OutputRecord:
+    """The original bytes, untouched, with the reason and the source position in headers."""
+    headers = [
+        (REASON_HEADER, rejection.reason.encode()),
+        (DETAIL_HEADER, rejection.detail.encode("utf-8", "replace")),
+        (SOURCE_TOPIC_HEADER, source.topic.encode()),
+        (SOURCE_PARTITION_HEADER, str(source.partition).encode()),
+        (SOURCE_OFFSET_HEADER, str(source.offset).encode()),
+    ]
+    return OutputRecord(routes.dlq_topic, source.key, source.value, headers)

@@ -1,0 +1,68 @@
+"""`make run`: the whole pipeline on one machine, in the foreground.
+
+Starts the local broker (unless --bootstrap-servers points elsewhere), creates the topics,
+starts the event generator in the background and the consumer in the foreground. Ctrl+C stops
+both cleanly; the broker keeps running for the next run (`make kafka-stop` stops it).
+Flags not listed here are the consumer's (see `python create_kafka_consumer.py --help`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from loginpipe.app import Application
+from loginpipe.broker import LocalBroker
+from loginpipe.config import (
+    DEFAULT_BOOTSTRAP,
+    EnvArgumentParser,
+    build_pipeline_parser,
+    non_negative_float,
+    pipeline_config,
+    run_cli,
+)
+from loginpipe.topics import TOPICS, ensure_topics
+
+
+def build_parser() -> EnvArgumentParser:
+    parser = EnvArgumentParser(prog="python -m loginpipe.stack", description=__doc__.splitlines()[0],
+                               add_help=False)
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and the consumer's")
+    parser.add_env_argument("--rate", env="GENERATOR_RATE", type=non_negative_float, default=1000.0,
+                            help="generator events per second (0: no generator)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, consumer_args = parser.parse_known_args(argv)
+    if args.help:
+        parser.print_help()
+        print()
+        build_pipeline_parser().print_help()
+        return 0
+    config = pipeline_config(consumer_args)
+    if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
+        print(f"kafka: {LocalBroker().start()}", flush=True)
+    for result in ensure_topics(config.bootstrap_servers, TOPICS):
+        print(f"topic {result.describe()}", flush=True)
+    generator = None
+    if args.rate > 0:
+        generator = subprocess.Popen([
+            sys.executable, "-m", "loginpipe.generator", "--bootstrap-servers", config.bootstrap_servers,
+            "--topic", config.input_topic, "--rate", str(args.rate), "--progress-every", "30",
+        ])
+        print(f"generator: started (pid {generator.pid}), {args.rate:g} events/s", flush=True)
+    try:
+        result = Application(config).run()
+    finally:
+        if generator is not None:
+            generator.terminate()  # it also got the terminal's Ctrl+C; this covers other endings
+            generator.wait(timeout=30)
+    if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
+        print("the local broker is still running; `make kafka-stop` stops it", flush=True)
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,173 @@
+"""In-memory aggregations over the stream, shared by every worker thread of a process.
+
+Each aggregation is a small store with one job (counting, or distinct values per key), so that
+a later step can split the stores by key (the input is keyed by user_id) and checkpoint them
+to a changelog topic. ``Aggregates.apply`` takes the lock once per batch, never per message.
+
+Memory is bounded. The per-key stores (IPs per user, users per device) keep two generations
+of keys: when the current generation holds ``max_keys / 2`` keys, the older one is dropped and
+the current one becomes the older one. A key seen again is moved into the current generation,
+so active users and devices stay; one idle for two generations is forgotten and starts over.
+A key keeps at most ``max_values`` distinct values: past that its count saturates. Counters
+keep at most ``max_keys`` distinct labels and count the rest under ``OTHER``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+OTHER = "(other)"
+DEFAULT_MAX_TRACKED_KEYS = 1_000_000
+DEFAULT_MAX_VALUES_PER_KEY = 32
+DEFAULT_MAX_LABELS = 10_000
+
+
+class CountStore:
+    """Counts per label, with at most ``max_labels`` labels."""
+
+    def __init__(self, max_labels: int = DEFAULT_MAX_LABELS) -> None:
+        self.counts: dict[str, int] = {}
+        self.max_labels = max_labels
+
+    def add(self, label: str) -> int:
+        """Count one more ``label``; return its new total."""
+        counts = self.counts
+        if label not in counts and len(counts) >= self.max_labels:
+            label = OTHER
+        total = counts.get(label, 0) + 1
+        counts[label] = total
+        return total
+
+    def top(self, n: int) -> list[tuple[str, int]]:
+        return sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+
+class DistinctStore:
+    """Distinct values per key, e.g. the IPs a user logged in from; bounded as the module says."""
+
+    def __init__(self, max_keys: int = DEFAULT_MAX_TRACKED_KEYS,
+                 max_values: int = DEFAULT_MAX_VALUES_PER_KEY) -> None:
+        self.max_keys = max_keys
+        self.max_values = max_values
+        # A key with one value maps to that value; with more, to a set (most keys have one).
+        self._current: dict[Hashable, Hashable | set] = {}
+        self._older: dict[Hashable, Hashable | set] = {}
+        self.multi = 0  # keys with more than one value
+        self.forgotten = 0  # keys dropped with an old generation
+
+    def add(self, key: Hashable, value: Hashable) -> int:
+        """Record ``value`` for ``key``; return how many distinct values the key has."""
+        current = self._current
+        seen = current.get(key)
+        if seen is None:
+            seen = self._older.pop(key, None)
+            if seen is None:
+                if len(current) >= self.max_keys // 2:
+                    self._rotate()
+                    current = self._current
+                current[key] = value
+                return 1
+            current[key] = seen
+        if type(seen) is set:
+            if value not in seen and len(seen) < self.max_values:
+                seen.add(value)
+            return len(seen)
+        if seen == value:
+            return 1
+        current[key] = {seen, value}
+        self.multi += 1
+        return 2
+
+    def count(self, key: Hashable) -> int:
+        seen = self._current.get(key)
+        if seen is None:
+            seen = self._older.get(key)
+        if seen is None:
+            return 0
+        return len(seen) if type(seen) is set else 1
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._older)
+
+    def _rotate(self) -> None:
+        dropped = self._older
+        self.forgotten += len(dropped)
+        self.multi -= sum(1 for v in dropped.values() if type(v) is set)
+        self._older = self._current
+        self._current = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one kept event contributes to the aggregations."""
+
+    app_version: str
+    locale: str
+    device_type: str
+    user_id: str
+    ip: str
+    device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The aggregate values right after one event was counted: they go into its output record."""
+
+    total_logins_for_version: int
+    total_logins_from_locale: int
+    total_logins_for_device_type: int
+    distinct_ips_for_user: int
+    users_on_device: int
+    most_common_device_type: str
+
+
+class Aggregates:
+    """Every aggregation the pipeline keeps; thread-safe, one lock acquisition per batch."""
+
+    def __init__(self, max_tracked_keys: int = DEFAULT_MAX_TRACKED_KEYS,
+                 max_values_per_key: int = DEFAULT_MAX_VALUES_PER_KEY) -> None:
+        self._lock = threading.Lock()
+        self.by_version = CountStore()
+        self.by_locale = CountStore()
+        self.by_device_type = CountStore()
+        self.ips_by_user = DistinctStore(max_tracked_keys, max_values_per_key)
+        self.users_by_device = DistinctStore(max_tracked_keys, max_values_per_key)
+        self._most_common = ""
+        self.events = 0
+
+    def apply(self, observations: Iterable[Observation]) -> list[Snapshot]:
+        """Count a batch of events; return each one's snapshot, in order."""
+        snapshots = []
+        with self._lock:
+            by_device_type = self.by_device_type
+            for obs in observations:
+                device_total = by_device_type.add(obs.device_type)
+                if device_total > by_device_type.counts.get(self._most_common, 0):
+                    self._most_common = obs.device_type
+                snapshots.append(Snapshot(
+                    self.by_version.add(obs.app_version),
+                    self.by_locale.add(obs.locale),
+                    device_total,
+                    self.ips_by_user.add(obs.user_id, obs.ip),
+                    self.users_by_device.add(obs.device_id, obs.user_id),
+                    self._most_common,
+                ))
+            self.events += len(snapshots)
+        return snapshots
+
+    def summary(self, top: int = 5) -> dict:
+        """A consistent copy of the headline figures."""
+        with self._lock:
+            return {
+                "events": self.events,
+                "top_app_versions": self.by_version.top(top),
+                "top_locales": self.by_locale.top(top),
+                "device_types": self.by_device_type.top(top),
+                "most_common_device_type": self._most_common,
+                "multi_ip_users": self.ips_by_user.multi,
+                "shared_devices": self.users_by_device.multi,
+                "tracked_users": len(self.ips_by_user),
+                "tracked_devices": len(self.users_by_device),
+            }

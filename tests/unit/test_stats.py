@@ -1,0 +1,59 @@
+"""Stats lines: percentiles, when a line is printed, and what it says."""
+
+from __future__ import annotations
+
+import io
+
+from loginpipe.pipeline import BatchResult
+from loginpipe.stats import Stats, Totals, format_summary, percentile, weighted_percentile
+
+
+class FixedSampler:
+    def read(self):
+        return (12.0, 50 * 2**20, 30.0)
+
+
+def batch(n: int) -> BatchResult:
+    return BatchResult(consumed=n, processed=n - 2, filtered=1, dead_lettered=1)
+
+
+def test_percentiles() -> None:
+    assert percentile([], 0.99) == 0.0
+    assert percentile(list(range(1, 101)), 0.99) == 100
+    assert percentile(list(range(1, 101)), 0.5) == 51
+    assert weighted_percentile([(1.0, 99), (50.0, 1)], 0.5) == 1.0
+    assert weighted_percentile([(1.0, 98), (50.0, 2)], 0.99) == 50.0
+
+
+def test_a_line_every_n_messages_not_more_than_one_per_batch() -> None:
+    out = io.StringIO()
+    stats = Stats(stats_every=100, out=out, sampler=FixedSampler())
+    for _ in range(5):
+        stats.record(batch(40), 0.001, [5.0] * 40)  # 200 messages: lines at 120 and 200
+    stats.record(batch(1000), 0.002, [7.0] * 1000)  # crosses ten multiples: one line
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[-1].startswith("[stats] 1,200 msgs")
+    assert "cpu 12% rss 50 MiB mem 30%" in lines[-1]
+    assert "processed 1,188 filtered 6 dlq 6" in lines[-1]
+
+
+def test_time_based_mode_prints_on_tick_only() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    stats = Stats(interval_s=5, out=out, sampler=FixedSampler(), clock=lambda: now[0])
+    stats.record(batch(500), 0.001, [1.0] * 500)
+    stats.tick()
+    assert out.getvalue() == ""
+    now[0] = 5.0
+    stats.tick()
+    assert "100 msg/s now" in out.getvalue()
+
+
+def test_summary_mentions_every_count() -> None:
+    totals = Totals(consumed=10, processed=7, filtered=2, dead_lettered=1)
+    text = format_summary(totals, 2.0, {"top_app_versions": [("2.3.0", 7)], "top_locales": [],
+                                        "device_types": [("ios", 7)], "multi_ip_users": 3,
+                                        "shared_devices": 1, "tracked_users": 5, "tracked_devices": 4})
+    assert "consumed 10 in 2.0s (5 msg/s): processed 7, filtered 2, dead-lettered 1" in text
+    assert "multi-IP users: 3   shared devices: 1" in text
