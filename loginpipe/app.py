@@ -130,8 +130,10 @@ class Application:
             now = time.monotonic()
             if not any(w.is_alive() for w in workers):
                 return
-            if idle_s > 0:
-                last = self.stats.last_record_at or self.stats.started
+            if idle_s > 0 and all(w.assigned_at is not None for w in workers):
+                # Idle counts from the last record or the last rebalance, whichever is later: a
+                # consumer waiting for its partitions is not idle.
+                last = max(self.stats.last_record_at or 0.0, *(w.assigned_at for w in workers))
                 if now - last >= idle_s and all(w.pending_records == 0 for w in workers):
                     if not self.config.quiet:
                         print(f"no records for {idle_s:g}s: stopping", file=self.out, flush=True)
@@ -213,6 +215,7 @@ class Worker(threading.Thread):
         self.checkpointer: Checkpointer | None = None
         self._next_offsets: dict = {}
         self._lag_at = 0.0
+        self.assigned_at: float | None = None  # monotonic time of the last partition assignment
 
     @property
     def pending_records(self) -> int:
@@ -242,7 +245,7 @@ class Worker(threading.Thread):
                     worker._next_offsets.pop(tp, None)
 
             def on_partitions_assigned(self, assigned):
-                pass
+                worker.assigned_at = time.monotonic()
 
         consumer.subscribe([config.input_topic], listener=Rebalance())
         try:

@@ -2,35 +2,50 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
+
+from loginpipe.app import Application, RunResult
+from loginpipe.config import PipelineConfig
+from loginpipe.generator import EventGenerator, Generated, make_producer
+from loginpipe.topics import TopicSpec, ensure_topics
+from loginpipe.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:
-    """Every record of ``topic`` from the beginning; fails unless ``expected`` arrive in time."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=1000, group_id=None)
+    """Every record of ``topic``, once at least ``expected`` are there (fails if they never are)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         assert partitions, f"topic {topic} has no partitions"
+        ends = wait_until(lambda: _ends_if_at_least(consumer, partitions, expected), timeout_s)
+        assert ends, f"{topic}: fewer than {expected} records after {timeout_s}s"
         consumer.assign(partitions)
         consumer.seek_to_beginning()
         records: list = []
         deadline = time.monotonic() + timeout_s
-        while len(records) < expected and time.monotonic() < deadline:
+        while any(consumer.position(tp) < end for tp, end in ends.items()) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500, max_records=10_000).values():
                 records.extend(batch)
-        assert len(records) >= expected, f"{topic}: {len(records)} records, expected {expected}"
+        assert len(records) == sum(ends.values()), f"{topic}: read {len(records)} of {sum(ends.values())}"
         return records
     finally:
         consumer.close()
+
+
+def _ends_if_at_least(consumer: KafkaConsumer, partitions: list, expected: int) -> dict | None:
+    ends = consumer.end_offsets(partitions)
+    return ends if sum(ends.values()) >= expected else None
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -48,3 +63,79 @@ def run_cli(*args: str, timeout_s: float = 60.0, env: dict[str, str] | None = No
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout_s, env=full_env)
+
+
+@dataclass(frozen=True)
+class PipelineTopics:
+    input: str
+    output: str
+    dlq: str
+
+    @property
+    def names(self) -> list[str]:
+        return [self.input, self.output, self.dlq]
+
+    def flags(self) -> list[str]:
+        return ["--input-topic", self.input, "--output-topic", self.output, "--dlq-topic", self.dlq]
+
+
+def create_pipeline_topics(bootstrap: str, topic_name, partitions: int = 4) -> PipelineTopics:
+    topics = PipelineTopics(topic_name("in"), topic_name("out"), topic_name("dlq"))
+    ensure_topics(bootstrap, [TopicSpec(name, "test") for name in topics.names], partitions=partitions)
+    return topics
+
+
+def preload(bootstrap: str, topic: str, records: list[Generated]) -> None:
+    """Write generated records to ``topic`` and wait until the broker has all of them."""
+    producer = make_producer(bootstrap)
+    try:
+        for record in records:
+            producer.send(topic, key=record.key, value=record.value)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def generated(n: int, seed: int, bad_ratio: float = 0.05, users: int = 2000) -> list[Generated]:
+    return list(EventGenerator(seed=seed, users=users, bad_ratio=bad_ratio).generate(n))
+
+
+def run_pipeline(bootstrap: str, topics: PipelineTopics, group: str, idle_s: float = 3.0,
+                 **overrides) -> RunResult:
+    """Run the pipeline in this process until it has been idle for ``idle_s``."""
+    config = PipelineConfig(bootstrap_servers=bootstrap, input_topic=topics.input,
+                            output_topic=topics.output, dlq_topic=topics.dlq, group_id=group,
+                            stop_when_idle_s=idle_s, quiet=True, **overrides)
+    return Application(config, out=io.StringIO(), err=io.StringIO()).run(install_signals=False)
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        return {tp.partition: consumer.committed(tp) or 0 for tp in partitions}
+    finally:
+        consumer.close(autocommit=False)
+
+
+def start_consumer(bootstrap: str, topics: PipelineTopics, group: str, log_dir: Path, name: str,
+                   *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+    """create_kafka_consumer.py as a real process; returns it with its stdout and stderr files."""
+    out, err = log_dir / f"{name}.out", log_dir / f"{name}.err"
+    proc = subprocess.Popen(
+        [sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bootstrap, "--group-id", group,
+         *topics.flags(), *extra],
+        cwd=ROOT, stdout=out.open("w"), stderr=err.open("w"), text=True,
+    )
+    return proc, out, err
+
+
+SUMMARY = re.compile(r"consumed ([\d,]+) in [\d.,]+s \([\d,]+ msg/s\): processed ([\d,]+), "
+                     r"filtered ([\d,]+), dead-lettered ([\d,]+)")
+
+
+def summary_counts(text: str) -> tuple[int, int, int, int]:
+    """(consumed, processed, filtered, dead_lettered) from a printed summary."""
+    match = SUMMARY.search(text)
+    assert match, f"no summary in output:\n{text[-2000:]}"
+    return tuple(int(g.replace(",", "")) for g in match.groups())
