@@ -35,6 +35,8 @@ from loginpipe.topics import admin_client
 POLL_TIMEOUT_MS = 200
 LAG_EVERY_S = 1.0
 HEALTH_EVERY_S = 5.0
+# Stays well inside the session timeout: heartbeats wait while a revoked partition drains.
+REVOKE_DRAIN_S = 5.0
 
 
 class Warner:
@@ -130,17 +132,23 @@ class Application:
             now = time.monotonic()
             if not any(w.is_alive() for w in workers):
                 return
-            if idle_s > 0 and all(w.assigned_at is not None for w in workers):
+            if idle_s > 0 and self._drained(workers):
                 # Idle counts from the last record or the last rebalance, whichever is later: a
                 # consumer waiting for its partitions is not idle.
                 last = max(self.stats.last_record_at or 0.0, *(w.assigned_at for w in workers))
-                if now - last >= idle_s and all(w.pending_records == 0 for w in workers):
+                if now - last >= idle_s:
                     if not self.config.quiet:
                         print(f"no records for {idle_s:g}s: stopping", file=self.out, flush=True)
                     return
             if now >= next_health:
                 next_health = now + HEALTH_EVERY_S
                 down_since = self._check_health(now, down_since)
+
+    @staticmethod
+    def _drained(workers: list[Worker]) -> bool:
+        """Every worker caught up to its partitions' ends, everything delivered, some partition ours."""
+        return (all(w.assigned_at is not None and w.caught_up and w.pending_records == 0 for w in workers)
+                and any(w.partitions for w in workers))
 
     def _check_health(self, now: float, down_since: float | None) -> float | None:
         """Warn while no bootstrap server accepts connections; say when one does again."""
@@ -216,6 +224,8 @@ class Worker(threading.Thread):
         self._next_offsets: dict = {}
         self._lag_at = 0.0
         self.assigned_at: float | None = None  # monotonic time of the last partition assignment
+        self.partitions = 0  # how many partitions this worker owns
+        self.caught_up = False  # every owned partition read up to its high-water mark
 
     @property
     def pending_records(self) -> int:
@@ -228,7 +238,7 @@ class Worker(threading.Thread):
             self.app.fail(traceback.format_exc())
 
     def _run(self) -> None:
-        from kafka import ConsumerRebalanceListener
+        from kafka import AsyncConsumerRebalanceListener
 
         app, config = self.app, self.app.config
         consumer = app.make_consumer(self.index)
@@ -237,16 +247,22 @@ class Worker(threading.Thread):
                                          on_resend=app.stats.count_resend)
         worker = self
 
-        class Rebalance(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
-                worker.checkpointer.commit_all()
-                worker.checkpointer.forget(revoked)
-                for tp in revoked:
-                    worker._next_offsets.pop(tp, None)
+        class Rebalance(AsyncConsumerRebalanceListener):
+            # kafka-python 3 runs these on the consumer's IO thread, where a blocking commit is
+            # refused: hence the async listener and an awaited commit_async. Waiting for the
+            # producer's acknowledgements is fine here: they arrive on the producer's own thread.
+            async def on_partitions_revoked(self, revoked):
+                await worker.hand_over(consumer, revoked)
 
-            def on_partitions_assigned(self, assigned):
+            async def on_partitions_assigned(self, assigned):
                 worker.assigned_at = time.monotonic()
+                worker.partitions = len(assigned)
+                worker.caught_up = False
+                worker._lag_at = 0.0  # measure soon
 
+        # Knowing the topic's partitions before joining spares a first, empty assignment and
+        # the rebalance that follows it (about 2 s at every start).
+        consumer.partitions_for_topic(config.input_topic)
         consumer.subscribe([config.input_topic], listener=Rebalance())
         try:
             while not app.stop.is_set():
@@ -258,6 +274,24 @@ class Worker(threading.Thread):
             self.checkpointer.commit_all()
         finally:
             consumer.close(autocommit=False)
+
+    async def hand_over(self, consumer, revoked) -> None:
+        """Before partitions go to another member: deliver what is in flight, then commit it."""
+        from kafka.errors import KafkaError
+
+        checkpointer = self.checkpointer
+        checkpointer.drain(timeout_s=REVOKE_DRAIN_S)
+        offsets = checkpointer.committable()
+        if offsets:
+            try:
+                await consumer.commit_async(offsets)
+                checkpointer.mark_committed(offsets)
+            except KafkaError as exc:
+                self.app.warn(f"commit before rebalance failed ({exc!r}); "
+                              "the next owner re-reads those records")
+        checkpointer.forget(revoked)
+        for tp in revoked:
+            self._next_offsets.pop(tp, None)
 
     def _handle(self, polled: dict) -> None:
         app = self.app
@@ -280,18 +314,22 @@ class Worker(threading.Thread):
             print(text, file=self.app.out, flush=True)
 
     def _update_lag(self, consumer) -> None:
+        """Lag of this worker's partitions, from the last fetched high-water marks (no network)."""
         now = time.monotonic()
         if now - self._lag_at < LAG_EVERY_S:
             return
         self._lag_at = now
-        lag = 0
-        for tp, next_offset in list(self._next_offsets.items()):
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # partition moved away between two polls
+        lag, known = 0, True
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            position = self._next_offsets.get(tp)
+            if position is None and highwater is not None:
+                position = consumer.position(tp, timeout_ms=100)
+            if highwater is None or position is None:
+                known = False  # nothing fetched from it yet
                 continue
-            if highwater is not None:
-                lag += max(0, highwater - next_offset)
+            lag += max(0, highwater - position)
+        self.caught_up = known and lag == 0
         self.app.stats.set_lag(self.name, lag)
 
 
@@ -311,3 +349,4 @@ def main(argv: list[str] | None = None) -> int:
 
     result = Application(pipeline_config(argv)).run()
     return 1 if result.failed else 0
+

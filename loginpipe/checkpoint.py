@@ -66,15 +66,32 @@ class Checkpointer:
 
     def commit_all(self, timeout_s: float = 30.0) -> bool:
         """Wait for every pending output, then commit. False if some were still unacknowledged."""
+        self.drain(timeout_s)
+        self._commit()
+        return not self._pending
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` until every pending output is acknowledged."""
         deadline = self.clock() + timeout_s
         while self._pending and self.clock() < deadline:
             self.sender.flush(timeout_s=max(0.1, min(5.0, deadline - self.clock())))
             self._collect_acknowledged()
-        self._commit()
         if self._pending:
             self.warn(f"{self._pending_count:,} outputs still unacknowledged; their input offsets "
                       "stay uncommitted and will be consumed again")
-        return not self._pending
+
+    def committable(self) -> dict:
+        """Acknowledged, not yet committed offsets, in the form KafkaConsumer.commit takes."""
+        from kafka.structs import OffsetAndMetadata
+
+        return {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._acked_offsets.items()}
+
+    def mark_committed(self, offsets: dict) -> None:
+        """Record that ``offsets`` (from ``committable``) were committed by some other path."""
+        for tp, meta in offsets.items():
+            self.committed[tp] = meta.offset
+            if self._acked_offsets.get(tp) == meta.offset:
+                del self._acked_offsets[tp]
 
     def forget(self, partitions) -> None:
         """Drop state for partitions this consumer no longer owns (after a rebalance)."""
@@ -101,13 +118,12 @@ class Checkpointer:
 
     def _commit(self) -> None:
         from kafka.errors import CommitFailedError, KafkaError
-        from kafka.structs import OffsetAndMetadata
 
         self._last_commit = self.clock()
         self._since_commit = 0
-        if not self._acked_offsets:
+        offsets = self.committable()
+        if not offsets:
             return
-        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._acked_offsets.items()}
         try:
             self.consumer.commit(offsets)
         except CommitFailedError:
@@ -119,5 +135,4 @@ class Checkpointer:
         except KafkaError as exc:
             self.warn(f"commit failed ({exc!r}); will retry")
             return
-        self.committed.update(self._acked_offsets)
-        self._acked_offsets.clear()
+        self.mark_committed(offsets)

@@ -85,12 +85,17 @@ def create_pipeline_topics(bootstrap: str, topic_name, partitions: int = 4) -> P
     return topics
 
 
-def preload(bootstrap: str, topic: str, records: list[Generated]) -> None:
-    """Write generated records to ``topic`` and wait until the broker has all of them."""
+def preload(bootstrap: str, topic: str, records: list[Generated], rate: float = 0) -> None:
+    """Write generated records to ``topic`` (``rate`` per second, 0: at once); wait for all acks."""
     producer = make_producer(bootstrap)
+    started = time.monotonic()
     try:
-        for record in records:
+        for i, record in enumerate(records):
             producer.send(topic, key=record.key, value=record.value)
+            if rate and i % 100 == 0:
+                ahead = i / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing the stream, not synchronization
         producer.flush()
     finally:
         producer.close()

@@ -4,6 +4,7 @@ compression, restarts, crashes, a shared group, Ctrl+C and broker trouble."""
 from __future__ import annotations
 
 import signal
+import threading
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -293,3 +294,31 @@ def test_broker_lost_mid_run_then_back_loses_nothing(tmp_path: Path, kafka_libs:
         if proc is not None and proc.poll() is None:
             proc.kill()
         broker.stop()
+
+
+def test_rebalance_commits_in_flight_work_before_giving_partitions_up(bootstrap: str, topics,
+                                                                     tmp_path: Path) -> None:
+    records = generated(30_000, seed=14)
+    name = group()
+    first = start_consumer(bootstrap, topics, name, tmp_path, "first", "--threads", "1",
+                           "--stop-when-idle", "5", "--quiet")
+    feeder = threading.Thread(target=preload, args=(bootstrap, topics.input, records, 5000))
+    feeder.start()  # a steady stream, so the first member is busy when the second joins
+    try:
+        assert wait_until(lambda: sum(end_offsets(bootstrap, topics.output).values()) > 2000, 60)
+        second = start_consumer(bootstrap, topics, name, tmp_path, "second", "--threads", "1",
+                                "--stop-when-idle", "5", "--quiet")
+    finally:
+        feeder.join()
+    counts = []
+    for proc, out, err in (first, second):
+        assert proc.wait(timeout=180) == 0, err.read_text()
+        counts.append(summary_counts(out.read_text()))
+    assert all(c[0] > 0 for c in counts), f"the second member never got partitions: {counts}"
+    must_process, must_dead_letter, _ = expected_positions(bootstrap, topics.input, records)
+    outputs = output_positions(read_topic(bootstrap, topics.output, len(must_process)))
+    dead = dlq_positions(read_topic(bootstrap, topics.dlq, len(must_dead_letter)))
+    assert set(outputs) == must_process and set(dead) == must_dead_letter
+    # Committed at the hand-over, so the new owner started exactly where the old one stopped.
+    assert len(outputs) == len(must_process) and len(dead) == len(must_dead_letter)
+    assert sum(c[0] for c in counts) == len(records)
