@@ -60,6 +60,7 @@ class RunResult:
     totals: Totals
     aggregates: dict
     elapsed_s: float
+    busy_s: float  # first record to last processed
     failed: bool
 
 
@@ -103,8 +104,9 @@ class Application:
             self.sender.flush(timeout_s=30.0)
             self.producer.close(timeout=10)
         result = RunResult(self.stats.totals, self.state.summary(), self.stats.elapsed(),
-                           self.failure is not None)
-        print(format_summary(result.totals, result.elapsed_s, result.aggregates), file=self.out, flush=True)
+                           self.stats.busy(), self.failure is not None)
+        print(format_summary(result.totals, result.elapsed_s, result.aggregates, result.busy_s),
+              file=self.out, flush=True)
         return result
 
     def fail(self, description: str) -> None:

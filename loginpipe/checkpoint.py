@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from loginpipe.delivery import Sender
 from loginpipe.route import OutputRecord
 
-MAX_PENDING_RECORDS = 200_000  # past this the poll loop waits for acknowledgements (backpressure)
+MAX_PENDING_RECORDS = 20_000  # past this the poll loop waits for acknowledgements (backpressure)
 
 
 @dataclass
@@ -119,11 +119,11 @@ class Checkpointer:
     def _commit(self) -> None:
         from kafka.errors import CommitFailedError, KafkaError
 
-        self._last_commit = self.clock()
-        self._since_commit = 0
         offsets = self.committable()
         if not offsets:
-            return
+            if not self._pending:
+                self._restart_interval()
+            return  # still due: the next loop commits as soon as something is acknowledged
         try:
             self.consumer.commit(offsets)
         except CommitFailedError:
@@ -136,3 +136,8 @@ class Checkpointer:
             self.warn(f"commit failed ({exc!r}); will retry")
             return
         self.mark_committed(offsets)
+        self._restart_interval()
+
+    def _restart_interval(self) -> None:
+        self._last_commit = self.clock()
+        self._since_commit = 0

@@ -57,4 +57,7 @@ def dead_letter(routes: Routes, source: RawRecord, rejection: Rejection) -> Outp
         (SOURCE_PARTITION_HEADER, str(source.partition).encode()),
         (SOURCE_OFFSET_HEADER, str(source.offset).encode()),
     ]
-    return OutputRecord(routes.dlq_topic, source.key, source.value, headers)
+    value = source.value
+    if value is None and source.key is None:
+        value = b""  # Kafka needs a key or a value; dlq-detail says the input was null
+    return OutputRecord(routes.dlq_topic, source.key, value, headers)

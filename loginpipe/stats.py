@@ -93,7 +93,8 @@ class Stats:
         self.enabled = enabled
         self.totals = Totals()
         self.started = clock()
-        self.last_record_at: float | None = None
+        self.first_batch_at: float | None = None  # when the first batch arrived (before processing)
+        self.last_record_at: float | None = None  # when the last batch was done
         self._lock = threading.Lock()
         self._lag: dict[str, int] = {}
         self._reset_interval(self.started)
@@ -109,6 +110,8 @@ class Stats:
         """Add one batch; print a line when ``stats_every`` messages have passed."""
         now = self.clock()
         with self._lock:
+            if self.first_batch_at is None:
+                self.first_batch_at = now - processing_s
             self.totals.add(result)
             self.last_record_at = now
             self._interval_consumed += result.consumed
@@ -164,8 +167,14 @@ class Stats:
     def elapsed(self) -> float:
         return self.clock() - self.started
 
+    def busy(self) -> float:
+        """Seconds from the first batch's arrival to the end of the last one's processing."""
+        if self.first_batch_at is None or self.last_record_at is None:
+            return 0.0
+        return self.last_record_at - self.first_batch_at
 
-def format_summary(totals: Totals, elapsed_s: float, aggregates: dict) -> str:
+
+def format_summary(totals: Totals, elapsed_s: float, aggregates: dict, busy_s: float = 0.0) -> str:
     """The final summary printed when the consumer stops."""
     def top(pairs: list[tuple[str, int]]) -> str:
         return ", ".join(f"{label} ({count:,})" for label, count in pairs) or "-"
@@ -184,4 +193,5 @@ def format_summary(totals: Totals, elapsed_s: float, aggregates: dict) -> str:
         f"   (tracking {aggregates['tracked_users']:,} users, {aggregates['tracked_devices']:,} devices)",
         f"filter and dead-letter reasons: {reasons or '-'}",
         f"outputs re-sent after a failed delivery: {totals.resent:,}",
+        f"timing: first record to last processed in {busy_s:.3f}s",
     ])

@@ -103,3 +103,11 @@ def test_aggregates_match_an_independent_recomputation() -> None:
     assert dict(state.by_version.counts) == dict(versions)
     last_ips = {o["user_id"]: o["distinct_ips_for_user"] for o in outputs}
     assert last_ips == {u: min(len(s), 32) for u, s in ips.items()}
+
+
+def test_a_null_record_is_dead_lettered_with_something_kafka_accepts() -> None:
+    [out] = process_batch([raw(None, key=None)], Aggregates(), ROUTES, NOW).outputs
+    assert out.topic == "dlq" and (out.key, out.value) == (None, b"")
+    assert dict(out.headers)[REASON_HEADER] == b"invalid_json"
+    [keyed] = process_batch([raw(None, key=b"k")], Aggregates(), ROUTES, NOW).outputs
+    assert (keyed.key, keyed.value) == (b"k", None)
