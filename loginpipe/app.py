@@ -11,6 +11,7 @@ same group id and Kafka spreads the partitions over them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -71,7 +72,7 @@ class Application:
         self.warn = Warner(err)
         self.stop = threading.Event()
         self.state = Aggregates(max_tracked_keys=config.max_tracked_keys)
-        self.routes = Routes(config.output_topic, config.dlq_topic)
+        self.routes = Routes(config.output_topic, config.dlq_topic)  # keep_partition: _check_topics
         self.stats = Stats(config.stats_every, config.stats_interval_s, out=self.out,
                            enabled=not config.quiet)
         self.failure: str | None = None
@@ -169,13 +170,16 @@ class Application:
         admin = admin_client(self.config.bootstrap_servers)
         try:
             names = [self.config.input_topic, self.config.output_topic, self.config.dlq_topic]
-            found = {t["name"] for t in admin.describe_topics(names) if t.get("error_code", 0) == 0}
+            found = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)
+                     if t.get("error_code", 0) == 0}
         finally:
             admin.close()
         missing = [name for name in names if name not in found]
         if missing:
             raise UserError(f"topic(s) {', '.join(missing)} do not exist at {self.config.bootstrap_servers}; "
                             "create them with: python create_kafka_topic.py")
+        same = found[self.config.input_topic] == found[self.config.output_topic]
+        self.routes = dataclasses.replace(self.routes, keep_partition=same)
 
     def _make_producer(self):
         from kafka import KafkaProducer

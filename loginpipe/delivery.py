@@ -29,7 +29,8 @@ class Sender:
         futures = []
         try:
             for r in records:
-                futures.append(send(r.topic, value=r.value, key=r.key, headers=r.headers))
+                futures.append(send(r.topic, value=r.value, key=r.key, headers=r.headers,
+                                    partition=r.partition))
         except KafkaTimeoutError:
             futures.extend(self._send_slowly(records[len(futures):]))
         return futures
@@ -42,8 +43,8 @@ class Sender:
         for record in records:
             while True:
                 try:
-                    futures.append(self.producer.send(record.topic, value=record.value,
-                                                      key=record.key, headers=record.headers))
+                    futures.append(self.producer.send(record.topic, value=record.value, key=record.key,
+                                                      headers=record.headers, partition=record.partition))
                     break
                 except KafkaTimeoutError as exc:
                     self.warn(f"cannot queue output for {record.topic} ({exc}); retrying")

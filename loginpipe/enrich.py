@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 
 from loginpipe.events import LoginEvent
 
 
+@functools.lru_cache(maxsize=4096)  # a live stream's timestamps fall in a few recent seconds
+def _iso_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+
+
 def login_time_iso(epoch_s: float) -> str:
     """ISO-8601 UTC rendering of an event time, to the second: ``2023-09-12T00:45:51Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
+    return _iso_second(int(epoch_s) if epoch_s >= 0 else math.floor(epoch_s))
 
 
 def normalized_fields(event: LoginEvent, device_type: str) -> dict:

@@ -6,9 +6,9 @@ the dead-letter topic's ``dlq-reason`` header carries.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
+import socket
 from dataclasses import dataclass
 
 import orjson
@@ -51,7 +51,7 @@ class RawRecord:
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses are slower to build, and this is per event
 class LoginEvent:
     """A valid login event. ``timestamp`` is the value as given; ``epoch_s`` is it in seconds."""
 
@@ -135,9 +135,11 @@ def _epoch_seconds(value: object) -> float | None:
 
 
 def _is_ip(text: str) -> bool:
+    """Strict IPv4 dotted quad or IPv6, via the C library (several times faster than ipaddress)."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
-        ipaddress.ip_address(text)
-    except ValueError:
+        socket.inet_pton(family, text)
+    except (OSError, ValueError):  # ValueError: non-ASCII text or an embedded NUL
         return False
     return True
 

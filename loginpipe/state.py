@@ -99,7 +99,7 @@ class DistinctStore:
         self._current = {}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Observation:
     """What one kept event contributes to the aggregations."""
 
@@ -111,7 +111,7 @@ class Observation:
     device_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Snapshot:
     """The aggregate values right after one event was counted: they go into its output record."""
 

@@ -55,3 +55,14 @@ def topic_name() -> Callable[[str], str]:
     """Unique topic names, so tests never see each other's data on a reused broker."""
     suffix = uuid.uuid4().hex[:8]
     return lambda base: f"test-{base}-{suffix}"
+
+
+@pytest.fixture
+def reaper() -> Iterator[list]:
+    """Processes a test starts; any still running at its end (a failed test) are killed."""
+    processes: list = []
+    yield processes
+    for proc in processes:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -123,15 +123,16 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         consumer.close(autocommit=False)
 
 
-def start_consumer(bootstrap: str, topics: PipelineTopics, group: str, log_dir: Path, name: str,
-                   *extra: str) -> tuple[subprocess.Popen, Path, Path]:
-    """create_kafka_consumer.py as a real process; returns it with its stdout and stderr files."""
+def start_consumer(reaper: list, bootstrap: str, topics: PipelineTopics, group: str, log_dir: Path,
+                   name: str, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+    """create_kafka_consumer.py as a real process (added to ``reaper``), with its stdout and stderr."""
     out, err = log_dir / f"{name}.out", log_dir / f"{name}.err"
     proc = subprocess.Popen(
         [sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bootstrap, "--group-id", group,
          *topics.flags(), *extra],
         cwd=ROOT, stdout=out.open("w"), stderr=err.open("w"), text=True,
     )
+    reaper.append(proc)
     return proc, out, err
 
 

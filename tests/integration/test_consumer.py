@@ -13,6 +13,7 @@ import orjson
 import pytest
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 
 from loginpipe.broker import LocalBroker, free_port
 from loginpipe.events import REASONS
@@ -99,6 +100,8 @@ def test_drain_accounts_for_every_record_and_aggregates_are_right(bootstrap: str
         assert set(value) == OUTPUT_FIELDS
         assert value["device_type"] in ("android", "ios")
         assert record.key == value["user_id"].encode()
+        # Where the Java-compatible murmur2 partitioner puts this key.
+        assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 4
 
     inputs = {(r.partition, r.offset): r for r in read_topic(bootstrap, topics.input, 20_000)}
     dead = read_topic(bootstrap, topics.dlq, t.dead_lettered)
@@ -170,13 +173,13 @@ def test_restart_after_clean_stop_neither_repeats_nor_skips(bootstrap: str, topi
     assert len(positions) == len(set(positions)) == one.processed + two.processed
 
 
-def test_sigkill_mid_run_loses_nothing(bootstrap: str, topics, tmp_path: Path) -> None:
+def test_sigkill_mid_run_loses_nothing(bootstrap: str, topics, tmp_path: Path, reaper) -> None:
     records = generated(30_000, seed=9)
     preload(bootstrap, topics.input, records)
     must_process, must_dead_letter, _ = expected_positions(bootstrap, topics.input, records)
     name = group()
-    proc, _, _ = start_consumer(bootstrap, topics, name, tmp_path, "killed", "--max-poll-records", "200",
-                                "--commit-interval-ms", "200", "--quiet")
+    proc, _, _ = start_consumer(reaper, bootstrap, topics, name, tmp_path, "killed",
+                                "--max-poll-records", "200", "--commit-interval-ms", "200", "--quiet")
     try:
         assert wait_until(lambda: sum(end_offsets(bootstrap, topics.output).values()) > 3000, 60)
     finally:
@@ -184,7 +187,8 @@ def test_sigkill_mid_run_loses_nothing(bootstrap: str, topics, tmp_path: Path) -
         proc.wait(timeout=30)
     assert sum(end_offsets(bootstrap, topics.output).values()) < len(must_process), "killed too late"
 
-    proc, _, err = start_consumer(bootstrap, topics, name, tmp_path, "restarted", "--stop-when-idle", "4")
+    proc, _, err = start_consumer(reaper, bootstrap, topics, name, tmp_path, "restarted",
+                                  "--stop-when-idle", "4")
     assert proc.wait(timeout=180) == 0, err.read_text()
     outputs = output_positions(read_topic(bootstrap, topics.output, len(must_process)))
     dead = dlq_positions(read_topic(bootstrap, topics.dlq, len(must_dead_letter)))
@@ -195,9 +199,9 @@ def test_sigkill_mid_run_loses_nothing(bootstrap: str, topics, tmp_path: Path) -
     assert committed_offsets(bootstrap, name, topics.input) == end_offsets(bootstrap, topics.input)
 
 
-def test_two_processes_share_the_partitions(bootstrap: str, topics, tmp_path: Path) -> None:
+def test_two_processes_share_the_partitions(bootstrap: str, topics, tmp_path: Path, reaper) -> None:
     name = group()
-    procs = [start_consumer(bootstrap, topics, name, tmp_path, f"member{i}", "--threads", "1",
+    procs = [start_consumer(reaper, bootstrap, topics, name, tmp_path, f"member{i}", "--threads", "1",
                             "--stop-when-idle", "8", "--quiet") for i in range(2)]
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -223,10 +227,10 @@ def test_two_processes_share_the_partitions(bootstrap: str, topics, tmp_path: Pa
     assert committed_offsets(bootstrap, name, topics.input) == end_offsets(bootstrap, topics.input)
 
 
-def test_ctrl_c_stops_cleanly_with_offsets_committed(bootstrap: str, topics, tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_with_offsets_committed(bootstrap: str, topics, tmp_path: Path, reaper) -> None:
     preload(bootstrap, topics.input, generated(40_000, seed=11))
     name = group()
-    proc, out, err = start_consumer(bootstrap, topics, name, tmp_path, "interrupted",
+    proc, out, err = start_consumer(reaper, bootstrap, topics, name, tmp_path, "interrupted",
                                     "--max-poll-records", "100", "--stats-every", "1000")
     assert wait_until(lambda: "[stats]" in out.read_text(), 60), err.read_text()
     proc.send_signal(signal.SIGINT)
@@ -259,7 +263,8 @@ def test_wrong_flag_is_one_line() -> None:
     assert "invalid positive integer value: '0'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_broker_lost_mid_run_then_back_loses_nothing(tmp_path: Path, kafka_libs: Path, topic_name) -> None:
+def test_broker_lost_mid_run_then_back_loses_nothing(tmp_path: Path, kafka_libs: Path, topic_name,
+                                                     reaper) -> None:
     broker = LocalBroker(home=tmp_path / "kafka", port=free_port(), controller_port=free_port(),
                          heap_mb=384, libs=kafka_libs)
     broker.start(quiet=True)
@@ -270,7 +275,7 @@ def test_broker_lost_mid_run_then_back_loses_nothing(tmp_path: Path, kafka_libs:
         name = group()
         before, after = generated(3000, seed=12), generated(3000, seed=13)
         preload(bootstrap, topics.input, before)
-        proc, _, err = start_consumer(bootstrap, topics, name, tmp_path, "outage", "--quiet")
+        proc, _, err = start_consumer(reaper, bootstrap, topics, name, tmp_path, "outage", "--quiet")
 
         def caught_up() -> bool:
             return committed_offsets(bootstrap, name, topics.input) == end_offsets(bootstrap, topics.input)
@@ -297,16 +302,16 @@ def test_broker_lost_mid_run_then_back_loses_nothing(tmp_path: Path, kafka_libs:
 
 
 def test_rebalance_commits_in_flight_work_before_giving_partitions_up(bootstrap: str, topics,
-                                                                     tmp_path: Path) -> None:
+                                                                     tmp_path: Path, reaper) -> None:
     records = generated(30_000, seed=14)
     name = group()
-    first = start_consumer(bootstrap, topics, name, tmp_path, "first", "--threads", "1",
+    first = start_consumer(reaper, bootstrap, topics, name, tmp_path, "first", "--threads", "1",
                            "--stop-when-idle", "5", "--quiet")
     feeder = threading.Thread(target=preload, args=(bootstrap, topics.input, records, 5000))
     feeder.start()  # a steady stream, so the first member is busy when the second joins
     try:
         assert wait_until(lambda: sum(end_offsets(bootstrap, topics.output).values()) > 2000, 60)
-        second = start_consumer(bootstrap, topics, name, tmp_path, "second", "--threads", "1",
+        second = start_consumer(reaper, bootstrap, topics, name, tmp_path, "second", "--threads", "1",
                                 "--stop-when-idle", "5", "--quiet")
     finally:
         feeder.join()

@@ -31,7 +31,7 @@ class ManualProducer:
     def __init__(self) -> None:
         self.futures: list[Future] = []
 
-    def send(self, topic, value=None, key=None, headers=None) -> Future:
+    def send(self, topic, value=None, key=None, headers=None, partition=None) -> Future:
         future = Future()
         self.futures.append(future)
         return future

@@ -111,3 +111,12 @@ def test_a_null_record_is_dead_lettered_with_something_kafka_accepts() -> None:
     assert dict(out.headers)[REASON_HEADER] == b"invalid_json"
     [keyed] = process_batch([raw(None, key=b"k")], Aggregates(), ROUTES, NOW).outputs
     assert (keyed.key, keyed.value) == (b"k", None)
+
+
+def test_output_partition_is_the_input_one_only_when_keyed_by_the_same_user() -> None:
+    keep = Routes("out", "dlq", keep_partition=True)
+    same_key, other_key = raw(event(), 1, partition=3, key=b"u1"), raw(event(), 2, partition=3, key=b"x")
+    outputs = process_batch([same_key, other_key], Aggregates(), keep, NOW).outputs
+    assert [o.partition for o in outputs] == [3, None]
+    [unkept] = process_batch([same_key], Aggregates(), ROUTES, NOW).outputs
+    assert unkept.partition is None
