@@ -4,13 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
+.PHONY: run test bench lint kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
 
 run: $(STAMP) kafka-fetch          ## broker + topics + generator + consumer; Ctrl+C stops it
 	$(PY) -m loginpipe.stack
 
 test: $(STAMP) kafka-fetch         ## unit + integration tests against a real local broker
 	$(PY) -m pytest
+
+bench: $(STAMP) kafka-fetch        ## throughput, latency and memory benchmark; results in bench-results/
+	$(PY) -m loginpipe.benchmark
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

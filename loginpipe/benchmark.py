@@ -345,7 +345,9 @@ def _pass_through_kafka_python(args) -> int:
             if polled:
                 if first is None:
                     first = now
-                outputs = [OutputRecord(out_topic, r.key, r.value)
+                # A copy keyed like its input goes to the input's partition number (the output
+                # topic has as many), as the pipeline does: no murmur2 hashing in Python.
+                outputs = [OutputRecord(out_topic, r.key, r.value, partition=r.partition)
                            for batch in polled.values() for r in batch]
                 offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
                 futures = sender.send_all(outputs)
@@ -403,7 +405,8 @@ def _pass_through_confluent(args) -> int:
 
         while True:
             try:
-                producer.produce(out_topic, value=msg.value(), key=msg.key(), on_delivery=delivered)
+                producer.produce(out_topic, value=msg.value(), key=msg.key(), partition=msg.partition(),
+                                 on_delivery=delivered)
                 return
             except BufferError:
                 producer.poll(0.05)

@@ -90,7 +90,7 @@ class PipelineConfig:
     output_topic: str = OUTPUT_TOPIC
     dlq_topic: str = DLQ_TOPIC
     group_id: str = "user-login-group"
-    threads: int = 2
+    threads: int = 1  # fastest on this machine: see README "Threads and processes"
     stats_every: int = 100
     stats_interval_s: float = 0.0
     show_messages: bool = False

@@ -1,12 +1,10 @@
-"""Normalization: the fields of an output record that come from the event alone."""
+"""Normalization: the output fields computed from the event alone (device type, login time)."""
 
 from __future__ import annotations
 
 import functools
 import math
 import time
-
-from loginpipe.events import LoginEvent
 
 
 @functools.lru_cache(maxsize=4096)  # a live stream's timestamps fall in a few recent seconds
@@ -19,15 +17,6 @@ def login_time_iso(epoch_s: float) -> str:
     return _iso_second(int(epoch_s) if epoch_s >= 0 else math.floor(epoch_s))
 
 
-def normalized_fields(event: LoginEvent, device_type: str) -> dict:
-    """The validated fields, ``device_type`` lower-cased, ``timestamp`` as given plus its ISO form."""
-    return {
-        "user_id": event.user_id,
-        "app_version": event.app_version,
-        "device_type": device_type,
-        "ip": event.ip,
-        "locale": event.locale,
-        "device_id": event.device_id,
-        "timestamp": event.timestamp,
-        "login_time": login_time_iso(event.epoch_s),
-    }
+def normalize_device_type(device_type: str) -> str:
+    """Device types arrive as "iOS", "ANDROID", ...: the output says "ios", "android"."""
+    return device_type.lower()

@@ -10,11 +10,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from loginpipe.enrich import normalized_fields
+from loginpipe.enrich import normalize_device_type
 from loginpipe.events import LoginEvent, RawRecord, parse_event
 from loginpipe.filters import filter_reason
 from loginpipe.route import OutputRecord, Routes, dead_letter, processed_record
-from loginpipe.state import Aggregates, Observation
+from loginpipe.state import Aggregates
 
 
 @dataclass
@@ -42,18 +42,15 @@ def process_batch(records: Sequence[RawRecord], state: Aggregates, routes: Route
             outputs.append(dead_letter(routes, record, event))
             result.reasons[event.reason] += 1
             continue
-        device_type = event.device_type.lower()
+        device_type = normalize_device_type(event.device_type)
         reason = filter_reason(device_type)
         if reason is not None:
             result.reasons[reason] += 1
             continue
         kept.append((record, event, device_type))
-    snapshots = state.apply(
-        Observation(e.app_version, e.locale, device_type, e.user_id, e.ip, e.device_id)
-        for _, e, device_type in kept
-    )
+    snapshots = state.apply([(event, device_type) for _, event, device_type in kept])
     for (record, event, device_type), snapshot in zip(kept, snapshots, strict=True):
-        outputs.append(processed_record(routes, record, normalized_fields(event, device_type), snapshot))
+        outputs.append(processed_record(routes, record, event, device_type, snapshot))
     result.processed = len(kept)
     result.dead_lettered = len(outputs) - len(kept)
     result.filtered = result.consumed - result.processed - result.dead_lettered

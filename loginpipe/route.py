@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from loginpipe.events import RawRecord, Rejection
+from loginpipe.enrich import login_time_iso
+from loginpipe.events import LoginEvent, RawRecord, Rejection
 from loginpipe.state import Snapshot
 from loginpipe.topics import DLQ_TOPIC, OUTPUT_TOPIC
 
@@ -38,22 +39,33 @@ class OutputRecord:
     partition: int | None = None  # None: the producer's partitioner hashes the key
 
 
-def processed_record(routes: Routes, source: RawRecord, fields: dict, snapshot: Snapshot) -> OutputRecord:
-    """The enriched record for the output topic, keyed by user_id."""
-    fields["total_logins_for_version"] = snapshot.total_logins_for_version
-    fields["total_logins_from_locale"] = snapshot.total_logins_from_locale
-    fields["total_logins_for_device_type"] = snapshot.total_logins_for_device_type
-    fields["distinct_ips_for_user"] = snapshot.distinct_ips_for_user
-    fields["multi_ip_user"] = snapshot.distinct_ips_for_user > 1
-    fields["users_on_device"] = snapshot.users_on_device
-    fields["shared_device"] = snapshot.users_on_device > 1
-    fields["most_common_device_type"] = snapshot.most_common_device_type
-    fields["source_partition"] = source.partition
-    fields["source_offset"] = source.offset
-    key = fields["user_id"].encode()
+def processed_record(routes: Routes, source: RawRecord, event: LoginEvent, device_type: str,
+                     snapshot: Snapshot) -> OutputRecord:
+    """The enriched record for the output topic, keyed by user_id (fields: see the README)."""
+    key = event.user_id.encode()
+    value = orjson.dumps({
+        "user_id": event.user_id,
+        "app_version": event.app_version,
+        "device_type": device_type,
+        "ip": event.ip,
+        "locale": event.locale,
+        "device_id": event.device_id,
+        "timestamp": event.timestamp,
+        "login_time": login_time_iso(event.epoch_s),
+        "total_logins_for_version": snapshot.total_logins_for_version,
+        "total_logins_from_locale": snapshot.total_logins_from_locale,
+        "total_logins_for_device_type": snapshot.total_logins_for_device_type,
+        "distinct_ips_for_user": snapshot.distinct_ips_for_user,
+        "multi_ip_user": snapshot.distinct_ips_for_user > 1,
+        "users_on_device": snapshot.users_on_device,
+        "shared_device": snapshot.users_on_device > 1,
+        "most_common_device_type": snapshot.most_common_device_type,
+        "source_partition": source.partition,
+        "source_offset": source.offset,
+    })
     # Only when the input was keyed by this same user_id is its partition the key's partition.
     partition = source.partition if routes.keep_partition and source.key == key else None
-    return OutputRecord(routes.output_topic, key, orjson.dumps(fields), None, partition)
+    return OutputRecord(routes.output_topic, key, value, None, partition)
 
 
 def dead_letter(routes: Routes, source: RawRecord, rejection: Rejection) -> OutputRecord:

@@ -15,8 +15,8 @@ keep at most ``max_keys`` distinct labels and count the rest under ``OTHER``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple, Protocol
 
 OTHER = "(other)"
 DEFAULT_MAX_TRACKED_KEYS = 1_000_000
@@ -99,20 +99,17 @@ class DistinctStore:
         self._current = {}
 
 
-@dataclass(slots=True)
-class Observation:
-    """What one kept event contributes to the aggregations."""
+class Observed(Protocol):
+    """What the aggregations read from an event (``events.LoginEvent`` has these)."""
 
     app_version: str
     locale: str
-    device_type: str
     user_id: str
     ip: str
     device_id: str
 
 
-@dataclass(slots=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """The aggregate values right after one event was counted: they go into its output record."""
 
     total_logins_for_version: int
@@ -121,6 +118,9 @@ class Snapshot:
     distinct_ips_for_user: int
     users_on_device: int
     most_common_device_type: str
+
+
+_new_snapshot = tuple.__new__  # builds a Snapshot without NamedTuple's Python-level __new__
 
 
 class Aggregates:
@@ -137,23 +137,29 @@ class Aggregates:
         self._most_common = ""
         self.events = 0
 
-    def apply(self, observations: Iterable[Observation]) -> list[Snapshot]:
-        """Count a batch of events; return each one's snapshot, in order."""
+    def apply(self, batch: Sequence[tuple[Observed, str]]) -> list[Snapshot]:
+        """Count a batch of (event, normalized device type); return each one's snapshot, in order."""
         snapshots = []
+        append = snapshots.append
         with self._lock:
+            add_version, add_locale = self.by_version.add, self.by_locale.add
+            add_ip, add_user = self.ips_by_user.add, self.users_by_device.add
             by_device_type = self.by_device_type
-            for obs in observations:
-                device_total = by_device_type.add(obs.device_type)
-                if device_total > by_device_type.counts.get(self._most_common, 0):
-                    self._most_common = obs.device_type
-                snapshots.append(Snapshot(
-                    self.by_version.add(obs.app_version),
-                    self.by_locale.add(obs.locale),
+            device_counts = by_device_type.counts
+            most_common = self._most_common
+            for event, device_type in batch:
+                device_total = by_device_type.add(device_type)
+                if device_total > device_counts.get(most_common, 0):
+                    most_common = device_type
+                append(_new_snapshot(Snapshot, (
+                    add_version(event.app_version),
+                    add_locale(event.locale),
                     device_total,
-                    self.ips_by_user.add(obs.user_id, obs.ip),
-                    self.users_by_device.add(obs.device_id, obs.user_id),
-                    self._most_common,
-                ))
+                    add_ip(event.user_id, event.ip),
+                    add_user(event.device_id, event.user_id),
+                    most_common,
+                )))
+            self._most_common = most_common
             self.events += len(snapshots)
         return snapshots
 

@@ -19,6 +19,8 @@ import psutil
 
 from loginpipe.pipeline import BatchResult
 
+MAX_SAMPLES = 50_000  # latency samples kept per stats interval
+
 
 class ProcessSampler:
     """CPU %, RSS and system memory % of this process, refreshed at most every ``max_age_s``."""
@@ -112,11 +114,15 @@ class Stats:
         with self._lock:
             if self.first_batch_at is None:
                 self.first_batch_at = now - processing_s
+                self._interval_start = self.first_batch_at  # "now" rates leave out the group join
             self.totals.add(result)
             self.last_record_at = now
             self._interval_consumed += result.consumed
-            self._proc.append((processing_s, result.consumed))
-            self._e2e.extend(e2e_ms)
+            if self.enabled:  # samples only feed stats lines; --quiet keeps none
+                self._proc.append((processing_s, result.consumed))
+                self._e2e.extend(e2e_ms)
+                if len(self._e2e) > MAX_SAMPLES:  # a long --stats-interval must not grow without end
+                    del self._e2e[:-MAX_SAMPLES], self._proc[:-MAX_SAMPLES]
             due = (self.enabled and self.interval_s <= 0
                    and self.totals.consumed >= self._next_line_at)
             if due:

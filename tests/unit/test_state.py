@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
-from loginpipe.state import OTHER, Aggregates, CountStore, DistinctStore, Observation
+from loginpipe.state import OTHER, Aggregates, CountStore, DistinctStore
 
 
 def obs(user="u1", ip="1.1.1.1", device="d1", version="2.3.0", locale="CA", device_type="ios"):
-    return Observation(version, locale, device_type, user, ip, device)
+    """One (event, normalized device type) pair as Aggregates.apply takes them."""
+    event = SimpleNamespace(app_version=version, locale=locale, user_id=user, ip=ip, device_id=device)
+    return event, device_type
 
 
 def test_count_store_counts_and_caps_labels() -> None:

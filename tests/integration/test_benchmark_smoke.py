@@ -1,0 +1,98 @@
+"""A small run of the benchmark (python -m loginpipe.benchmark) against the session's broker.
+
+Checks that every step runs, writes its results and cleans up after itself; no timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loginpipe.topics import admin_client
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 20_000
+
+
+@pytest.mark.timeout(240)
+def test_small_benchmark_runs_every_step(bootstrap: str, tmp_path) -> None:
+    result = run_cli(
+        "-m", "loginpipe.benchmark", "--bootstrap-servers", bootstrap, "--events", str(EVENTS),
+        "--latency-seconds", "5", "--latency-rate", "1000", "--memory-users", "10000,50000",
+        "--threads-list", "1", "--out-dir", str(tmp_path), timeout_s=220,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert list(tmp_path.glob("bench-*.json"))
+    assert (tmp_path / "latest.md").read_text().startswith("# loginpipe benchmark")
+    assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| run | events/s |" in result.stdout  # the table is printed too
+
+    machine = report["machine"]
+    for key in ("cpu_model", "cores", "memory_gib", "python", "kafka", "kafka_python", "java"):
+        assert machine[key], key
+
+    preload = report["preload"]
+    assert preload["events"] == EVENTS
+    assert preload["events_per_s"] > 0
+    assert preload["value_bytes"] > 0
+
+    runs = {run["kind"]: run for run in report["runs"]}
+    assert set(runs) == {"java", "consume-only", "pass-through", "pipeline"}
+    for run in report["runs"]:
+        assert run["consumed"] == EVENTS, run["label"]
+        assert run["events_per_s"] > 0, run["label"]
+        assert run["mb_per_s"] > 0, run["label"]
+        assert run["cpu_s_per_million"] > 0, run["label"]
+        assert run["peak_rss_mib"] > 0, run["label"]
+
+    assert runs["pass-through"]["output_records"] >= EVENTS
+    pipeline = runs["pipeline"]
+    assert pipeline["threads"] == 1
+    assert pipeline["accounting_ok"]
+    assert pipeline["processed"] + pipeline["filtered"] + pipeline["dead_lettered"] == EVENTS
+    # At-least-once: a re-sent output may be there twice, none may be missing.
+    assert pipeline["output_records"] >= pipeline["processed"]
+    assert pipeline["dlq_records"] >= pipeline["dead_lettered"]
+    assert pipeline["vs_pass_through"] > 0
+    assert pipeline["vs_consume_only"] > 0
+
+    latency = report["latency"]
+    assert latency["produced"] == 5000
+    assert latency["pipeline_consumed"] == 5000
+    assert latency["outputs_joined"] > 0
+    assert latency["outputs_unmatched"] == 0
+    assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+
+    for key, cap in (("uncapped", 10_000_000), ("default_cap", 1_000_000)):
+        memory = report["memory"][key]
+        assert memory["max_tracked_keys"] == cap
+        points = memory["points"]
+        assert points[-1]["users"] == 50_000
+        assert points[-1]["tracked_users"] == 50_000
+        assert all(point["rss_bytes"] > 0 for point in points)
+    assert [p["users"] for p in report["memory"]["uncapped"]["points"]] == [0, 10_000, 50_000]
+
+    admin = admin_client(bootstrap)
+    try:
+        leftovers = [t for t in admin.list_topics() if report["run_id"] in t]
+    finally:
+        admin.close()
+    assert leftovers == [], "the benchmark's topics were not deleted"
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path) -> None:
+    bad_flag = run_cli("-m", "loginpipe.benchmark", "--threads-list", "1,two", "--out-dir", str(tmp_path))
+    assert bad_flag.returncode == 2
+    assert "--threads-list" in bad_flag.stderr.splitlines()[-1]
+
+    no_broker = run_cli("-m", "loginpipe.benchmark", "--bootstrap-servers", "127.0.0.1:1",
+                        "--out-dir", str(tmp_path))
+    assert no_broker.returncode == 1
+    assert no_broker.stderr.strip().splitlines() == [
+        "error: cannot reach a Kafka broker at 127.0.0.1:1; is it running? (make kafka-start)"]
