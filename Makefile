@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
+.PHONY: run test bench image lint kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
 
 run: $(STAMP) kafka-fetch          ## broker + topics + generator + consumer; Ctrl+C stops it
 	$(PY) -m loginpipe.stack
@@ -14,6 +14,9 @@ test: $(STAMP) kafka-fetch         ## unit + integration tests against a real lo
 
 bench: $(STAMP) kafka-fetch        ## throughput, latency and memory benchmark; results in bench-results/
 	$(PY) -m loginpipe.benchmark
+
+image: $(STAMP) kafka-fetch        ## remakes image.png from a real run of the consumer in tmux
+	$(PY) scripts/capture_terminal.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
