@@ -42,6 +42,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from loginpipe.broker import (
@@ -274,9 +275,10 @@ def cmd_consume_only(args) -> int:
     """A KafkaConsumer set up exactly like the pipeline's; poll in batches until N records."""
     import logging
 
-    from loginpipe.app import Application
+    from loginpipe.app import Application, tune_gc
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
     config = _child_pipeline_config(args)
     consumer = Application(config, out=io.StringIO()).make_consumer(0)
     started = time.monotonic()
@@ -317,12 +319,13 @@ def _pass_through_kafka_python(args) -> int:
     """Consume, produce the raw bytes with the pipeline's producer, commit after acknowledgements."""
     import logging
 
-    from loginpipe.app import Application
+    from loginpipe.app import Application, tune_gc
     from loginpipe.checkpoint import Checkpointer
     from loginpipe.delivery import Sender
     from loginpipe.route import OutputRecord
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
     config = _child_pipeline_config(args, args.output_topic)
     app = Application(config, out=io.StringIO())
     producer = app._make_producer()  # the pipeline's own producer settings (snappy, linger, acks=all, ...)
@@ -473,21 +476,21 @@ _LOCALES = ("CA", "NY", "TX", "FL", "WA", "GB", "DE")
 _DEVICE_TYPES = ("android", "ios")
 
 
-def synthetic_observations(count: int, rng) -> Iterator:
-    """``count`` observations of distinct users, each with its own device id and IP (as strings)."""
-    from loginpipe.state import Observation
-
+def synthetic_observations(count: int, rng) -> list[tuple[SimpleNamespace, str]]:
+    """``count`` (event, device type) pairs of distinct users, each with its own device and IP."""
+    batch = []
     for i in range(count):
-        bits = rng.getrandbits(128)
-        user = f"{bits:032x}"
+        user = f"{rng.getrandbits(128):032x}"
         device = f"{rng.getrandbits(128):032x}"
         ip = rng.getrandbits(32)
-        yield Observation(
-            _VERSIONS[i % 5], _LOCALES[i % 7], _DEVICE_TYPES[i & 1],
-            f"{user[:8]}-{user[8:12]}-4{user[13:16]}-a{user[17:20]}-{user[20:]}",
-            f"{(ip >> 24) % 223 + 1}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}",
-            f"{device[:8]}-{device[8:12]}-4{device[13:16]}-b{device[17:20]}-{device[20:]}",
+        event = SimpleNamespace(
+            app_version=_VERSIONS[i % 5], locale=_LOCALES[i % 7],
+            user_id=f"{user[:8]}-{user[8:12]}-4{user[13:16]}-a{user[17:20]}-{user[20:]}",
+            ip=f"{(ip >> 24) % 223 + 1}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}",
+            device_id=f"{device[:8]}-{device[8:12]}-4{device[13:16]}-b{device[17:20]}-{device[20:]}",
         )
+        batch.append((event, _DEVICE_TYPES[i & 1]))
+    return batch
 
 
 def cmd_memory(args) -> int:
