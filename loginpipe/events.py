@@ -6,6 +6,7 @@ the dead-letter topic's ``dlq-reason`` header carries.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import socket
@@ -115,15 +116,14 @@ def _parse(raw: bytes | None, now_s: float, max_future_skew_s: float) -> LoginEv
         return Rejection(FUTURE_TIMESTAMP, f"timestamp {epoch_s:.0f} is after now + {max_future_skew_s:.0f}s")
     if not _is_ip(ip):
         return Rejection(INVALID_IP, f"ip {ip[:60]!r} is not an IPv4 or IPv6 address")
-    if version not in _valid_versions:
-        if not _VERSION.fullmatch(version):
-            return Rejection(INVALID_APP_VERSION, f"app_version {version[:40]!r} is not x.y.z")
-        if len(_valid_versions) < 10_000:  # a bounded memo: real streams have a few dozen versions
-            _valid_versions.add(version)
+    if not _is_version(version):
+        return Rejection(INVALID_APP_VERSION, f"app_version {version[:40]!r} is not x.y.z")
     return LoginEvent(user_id, version, device_type, ip, locale, device_id, timestamp, epoch_s)
 
 
-_valid_versions: set[str] = set()
+@functools.lru_cache(maxsize=1024)  # a stream carries a few dozen versions: skip the regex for them
+def _is_version(text: str) -> bool:
+    return _VERSION.fullmatch(text) is not None
 
 
 def _describe_fields(data: dict) -> Rejection:
