@@ -86,7 +86,6 @@ class Application:
     def run(self, install_signals: bool = True) -> RunResult:
         """Run until stopped (signal, idle timeout or a worker failure); return the totals."""
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # broker trouble is reported by us
-        tune_gc()
         self._check_topics()
         self.producer = self._make_producer()
         self.sender = Sender(self.producer, self.warn, self.stop)
@@ -345,8 +344,9 @@ class Worker(threading.Thread):
 
 
 def tune_gc() -> None:
-    """Collect cycles less often: the default (every 700 container allocations) cost ~30% of
-    the pipeline's CPU in the benchmark, and the pipeline makes few cycles (README, Performance)."""
+    """Collect cycles less often, for the whole process (so the entry points call it, not
+    Application): the default, every 700 container allocations, cost ~30% of the pipeline's CPU
+    in the benchmark, and the pipeline makes few cycles (README, Performance)."""
     gc.freeze()  # what exists at start-up (modules, clients) is never garbage: skip it from now on
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
 
@@ -365,6 +365,8 @@ def _any_reachable(bootstrap_servers: str, timeout_s: float = 1.0) -> bool:
 def main(argv: list[str] | None = None) -> int:
     from loginpipe.config import pipeline_config
 
-    result = Application(pipeline_config(argv)).run()
+    config = pipeline_config(argv)
+    tune_gc()
+    result = Application(config).run()
     return 1 if result.failed else 0
 

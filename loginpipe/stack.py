@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from loginpipe.app import Application
+from loginpipe.app import Application, tune_gc
 from loginpipe.broker import LocalBroker
 from loginpipe.config import (
     DEFAULT_BOOTSTRAP,
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             "--topic", config.input_topic, "--rate", str(args.rate), "--progress-every", "30",
         ])
         print(f"generator: started (pid {generator.pid}), {args.rate:g} events/s", flush=True)
+    tune_gc()
     try:
         result = Application(config).run()
     finally:

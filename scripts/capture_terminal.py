@@ -27,6 +27,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from scripts/: the package is one folder up
+
+from loginpipe.broker import LocalBroker  # noqa: E402
+from loginpipe.topics import TopicSpec, delete_topics, ensure_topics  # noqa: E402
+from loginpipe.waiting import wait_until  # noqa: E402
+
 VENV_BIN = ROOT / ".venv" / "bin"
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 FONT_REGULAR = FONT_DIR / "DejaVuSansMono.ttf"
@@ -57,14 +63,10 @@ OTHER_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[A-Za-ln-z]|\][^\x07\x1b]*(\x07|\x1b\
 
 def wait_for(what: str, condition: Callable[[], object], timeout_s: float, interval_s: float = 0.1):
     """Poll ``condition`` until it is truthy and return its value; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"gave up after {timeout_s:g}s waiting for {what}")
-        time.sleep(interval_s)
+    value = wait_until(condition, timeout_s, interval_s)
+    if not value:
+        raise TimeoutError(f"gave up after {timeout_s:g}s waiting for {what}")
+    return value
 
 
 class Tmux:
@@ -123,10 +125,6 @@ def shell_env() -> dict[str, str]:
 
 
 def capture(output: Path) -> Path:
-    sys.path.insert(0, str(ROOT))
-    from loginpipe.broker import LocalBroker
-    from loginpipe.topics import TopicSpec, delete_topics, ensure_topics
-
     broker = LocalBroker()
     print(broker.start(quiet=False), flush=True)
     bootstrap = broker.bootstrap_servers
