@@ -24,6 +24,9 @@ import traceback
 from dataclasses import dataclass
 from typing import TextIO
 
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+
 from loginpipe.checkpoint import Checkpointer
 from loginpipe.config import PipelineConfig
 from loginpipe.delivery import Sender
@@ -185,8 +188,6 @@ class Application:
         self.routes = dataclasses.replace(self.routes, keep_partition=same)
 
     def _make_producer(self):
-        from kafka import KafkaProducer
-
         return KafkaProducer(
             bootstrap_servers=self.config.bootstrap_servers,
             client_id="loginpipe-pipeline",
@@ -203,8 +204,6 @@ class Application:
         )
 
     def make_consumer(self, index: int):
-        from kafka import KafkaConsumer
-
         return KafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers,
             group_id=self.config.group_id,
@@ -247,7 +246,6 @@ class Worker(threading.Thread):
             self.app.fail(traceback.format_exc())
 
     def _run(self) -> None:
-        from kafka import AsyncConsumerRebalanceListener
 
         app, config = self.app, self.app.config
         consumer = app.make_consumer(self.index)
@@ -275,7 +273,12 @@ class Worker(threading.Thread):
         consumer.subscribe([config.input_topic], listener=Rebalance())
         try:
             while not app.stop.is_set():
-                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
+                try:
+                    polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
+                except KafkaError as exc:  # e.g. the broker went away mid-request: wait, then go on
+                    app.warn(f"poll failed ({exc}); retrying")
+                    app.stop.wait(0.5)
+                    continue
                 if polled:
                     self._handle(polled)
                 self.checkpointer.maybe_commit()
@@ -286,7 +289,6 @@ class Worker(threading.Thread):
 
     async def hand_over(self, consumer, revoked) -> None:
         """Before partitions go to another member: deliver what is in flight, then commit it."""
-        from kafka.errors import KafkaError
 
         checkpointer = self.checkpointer
         checkpointer.drain(timeout_s=REVOKE_DRAIN_S)
@@ -324,7 +326,8 @@ class Worker(threading.Thread):
             print(text, file=self.app.out, flush=True)
 
     def _update_lag(self, consumer) -> None:
-        """Lag of this worker's partitions, from the last fetched high-water marks (no network)."""
+        """Lag of this worker's partitions, from the last fetched high-water marks."""
+
         now = time.monotonic()
         if now - self._lag_at < LAG_EVERY_S:
             return
@@ -334,7 +337,10 @@ class Worker(threading.Thread):
             highwater = consumer.highwater(tp)
             position = self._next_offsets.get(tp)
             if position is None and highwater is not None:
-                position = consumer.position(tp, timeout_ms=100)
+                try:
+                    position = consumer.position(tp, timeout_ms=100)
+                except KafkaError:  # it may need the broker, which may be away: unknown for now
+                    position = None
             if highwater is None or position is None:
                 known = False  # nothing fetched from it yet
                 continue

@@ -1,0 +1,24 @@
+"""Benchmark: the pipeline's throughput against its ceilings, its latency and its memory per user.
+
+    python -m loginpipe.benchmark            (or: make bench)
+
+On fresh, uniquely named topics (deleted at the end), one step after the other:
+
+1. preload N events with the generator library at full speed (its own rate is reported);
+2. consume the same N events from the beginning, each run with its own consumer group:
+   Kafka's Java ConsumerPerformance (the broker's ceiling), kafka-python consume-only,
+   kafka-python pass-through (consume, produce the raw bytes with the pipeline's producer
+   settings, commit only after acknowledgements: the ceiling for any pipeline on this client),
+   optionally the same pass-through with confluent-kafka, then the pipeline per thread count;
+3. end-to-end latency of the pipeline at a fixed offered load, joined record by record;
+4. memory of the aggregations per distinct user, with and without the default key cap.
+
+Python runs are timed alike: from the first record received to the last record done (the
+pipeline's own "timing: first record to last processed" figure). The Java tool's rate is its
+fetch time, which also leaves out the group join. CPU seconds and peak RSS of each child
+process come from wait4(2). MB are 10^6 bytes of record values.
+
+Results: bench-results/bench-<timestamp>.json, latest.json, latest.md and latest.png.
+The internal subcommands preload, consume-only, pass-through and memory are the child
+processes of those steps.
+"""

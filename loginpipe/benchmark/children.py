@@ -1,0 +1,410 @@
+"""The internal subcommands, each a child process of a step: preload, consume-only, pass-through, memory."""
+
+from __future__ import annotations
+
+import io
+import signal
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from loginpipe.benchmark.common import emit_result, int_list, interrupt
+from loginpipe.config import (
+    EnvArgumentParser,
+    PipelineConfig,
+    non_negative_float,
+    pipeline_config,
+    positive_int,
+)
+from loginpipe.errors import UserError
+
+CHILD_COMMANDS = ("preload", "consume-only", "pass-through", "memory")
+POLL_TIMEOUT_MS = 200
+
+
+# --- preload ---------------------------------------------------------------------------------
+
+def cmd_preload(args) -> int:
+    """Write ``--count`` generated events at full speed, like the generator CLI with --rate 0."""
+    from loginpipe.generator import EventGenerator, make_producer
+
+    producer = make_producer(args.bootstrap_servers)
+    generator = EventGenerator(seed=args.seed, bad_ratio=args.bad_ratio)
+    failures: list[BaseException] = []
+    kinds: Counter = Counter()
+    value_bytes = key_bytes = 0
+    started = last_report = time.monotonic()
+    try:
+        for sent, record in enumerate(generator.generate(args.count), 1):
+            future = producer.send(args.topic, key=record.key, value=record.value)
+            if not failures:
+                future.add_errback(failures.append)
+            value_bytes += len(record.value)
+            key_bytes += len(record.key)
+            kinds[record.kind] += 1
+            if sent % 5000 == 0 and time.monotonic() - last_report >= 1.0:
+                last_report = time.monotonic()
+                print(f"preload: {sent:,}/{args.count:,} events "
+                      f"({sent / (last_report - started):,.0f} events/s)", file=sys.stderr, flush=True)
+            if failures:
+                break
+        producer.flush()
+    finally:
+        producer.close()
+    if failures:
+        raise UserError(f"sending to {args.topic} failed: {failures[0]}")
+    elapsed = time.monotonic() - started
+    emit_result({"events": args.count, "seconds": elapsed, "events_per_s": args.count / elapsed,
+                 "value_bytes": value_bytes, "key_bytes": key_bytes, "kinds": dict(kinds)})
+    return 0
+
+
+# --- consumer runs: shared pieces ------------------------------------------------------------
+
+def _child_pipeline_config(args, output_topic: str | None = None) -> PipelineConfig:
+    """The pipeline's own settings (flags and environment alike), for the same topics and group."""
+    out = output_topic or args.topic
+    return pipeline_config(["--bootstrap-servers", args.bootstrap_servers, "--input-topic", args.topic,
+                            "--output-topic", out, "--dlq-topic", out, "--group-id", args.group,
+                            "--quiet"])
+
+
+def _print_timing(consumed: int, elapsed_s: float, busy_s: float, extra: dict) -> None:
+    """The same figures the pipeline's summary prints, so the parent reads every run alike."""
+    rate = consumed / elapsed_s if elapsed_s > 0 else 0.0
+    print(f"consumed {consumed:,} in {elapsed_s:.1f}s ({rate:,.0f} msg/s)", flush=True)
+    print(f"timing: first record to last processed in {busy_s:.3f}s", flush=True)
+    emit_result({"consumed": consumed, "elapsed_s": elapsed_s, "busy_s": busy_s, **extra})
+
+
+class _Progress:
+    def __init__(self, label: str, total: int, every_s: float = 2.0) -> None:
+        self.label, self.total, self.every_s = label, total, every_s
+        self.at = time.monotonic()
+
+    def __call__(self, count: int) -> None:
+        now = time.monotonic()
+        if now - self.at >= self.every_s:
+            self.at = now
+            print(f"{self.label}: {count:,}/{self.total:,} records", file=sys.stderr, flush=True)
+
+
+def _idle_error(args, count: int) -> UserError:
+    return UserError(f"no records for {args.idle_timeout:g}s after {count:,} of {args.count:,}")
+
+
+# --- consume-only ----------------------------------------------------------------------------
+
+def cmd_consume_only(args) -> int:
+    """A KafkaConsumer set up exactly like the pipeline's; poll in batches until N records."""
+    import logging
+
+    from loginpipe.app import Application, tune_gc
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
+    config = _child_pipeline_config(args)
+    consumer = Application(config, out=io.StringIO()).make_consumer(0)
+    started = time.monotonic()
+    first = last = None
+    count = 0
+    progress = _Progress("consume-only", args.count)
+    try:
+        consumer.partitions_for_topic(args.topic)
+        consumer.subscribe([args.topic])
+        idle_since = time.monotonic()
+        while count < args.count:
+            polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
+            now = time.monotonic()
+            if not polled:
+                if now - idle_since > args.idle_timeout:
+                    raise _idle_error(args, count)
+                continue
+            if first is None:
+                first = now
+            for batch in polled.values():
+                count += len(batch)
+            last = idle_since = time.monotonic()
+            progress(count)
+    finally:
+        consumer.close(autocommit=False)
+    _print_timing(count, time.monotonic() - started, (last or 0.0) - (first or 0.0),
+                  {"client": "kafka-python", "max_poll_records": config.max_poll_records})
+    return 0
+
+
+# --- pass-through ----------------------------------------------------------------------------
+
+def cmd_pass_through(args) -> int:
+    if args.client == "confluent":
+        return _pass_through_confluent(args)
+    return _pass_through_kafka_python(args)
+
+
+def _pass_through_kafka_python(args) -> int:
+    """Consume, produce the raw bytes with the pipeline's producer, commit after acknowledgements."""
+    import logging
+
+    from loginpipe.app import Application, tune_gc
+    from loginpipe.checkpoint import Checkpointer
+    from loginpipe.delivery import Sender
+    from loginpipe.route import OutputRecord
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
+    config = _child_pipeline_config(args, args.output_topic)
+    app = Application(config, out=io.StringIO())
+    producer = app._make_producer()  # the pipeline's own producer settings (snappy, linger, acks=all, ...)
+    sender = Sender(producer, app.warn, threading.Event())
+    consumer = app.make_consumer(0)
+    checkpointer = Checkpointer(consumer, sender, config.commit_every_records,
+                                config.commit_interval_ms / 1000, app.warn)
+    out_topic = args.output_topic
+    started = time.monotonic()
+    first = last = None
+    count = 0
+    progress = _Progress("pass-through", args.count)
+    try:
+        consumer.partitions_for_topic(args.topic)
+        consumer.subscribe([args.topic])
+        idle_since = time.monotonic()
+        while count < args.count:
+            polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
+            now = time.monotonic()
+            if polled:
+                if first is None:
+                    first = now
+                # A copy keyed like its input goes to the input's partition number (the output
+                # topic has as many), as the pipeline does: no murmur2 hashing in Python.
+                outputs = [OutputRecord(out_topic, r.key, r.value, partition=r.partition)
+                           for batch in polled.values() for r in batch]
+                offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
+                futures = sender.send_all(outputs)
+                checkpointer.track(offsets, outputs, futures, len(outputs))
+                count += len(outputs)
+                last = idle_since = time.monotonic()
+                progress(count)
+            elif now - idle_since > args.idle_timeout:
+                raise _idle_error(args, count)
+            checkpointer.maybe_commit()
+        all_committed = checkpointer.commit_all(timeout_s=60.0)
+        acked_at = time.monotonic()
+    finally:
+        consumer.close(autocommit=False)
+        producer.close(timeout=10)
+    if not all_committed:
+        raise UserError("some outputs were never acknowledged")
+    _print_timing(count, time.monotonic() - started, (last or 0.0) - (first or 0.0),
+                  {"client": "kafka-python", "first_to_all_acked_s": acked_at - (first or 0.0)})
+    return 0
+
+
+def _confluent_clients(config: PipelineConfig) -> tuple[Any, Any]:
+    """A confluent-kafka consumer and producer with the pipeline's group, topics and producer settings."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({
+        "bootstrap.servers": config.bootstrap_servers, "group.id": config.group_id,
+        "client.id": "loginpipe-bench-confluent", "enable.auto.commit": False,
+        "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
+        "max.partition.fetch.bytes": 2 * 1024 * 1024, "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+    })
+    producer = Producer({
+        "bootstrap.servers": config.bootstrap_servers, "client.id": "loginpipe-bench-confluent",
+        "acks": "all", "enable.idempotence": True, "compression.type": "snappy",
+        "linger.ms": config.linger_ms, "batch.size": config.batch_size,
+        "delivery.timeout.ms": 30_000, "request.timeout.ms": 10_000,
+    })
+    return consumer, producer
+
+
+class _ConfluentRelay:
+    """Produces a copy of each consumed message; commits a batch's offsets once all of it is delivered."""
+
+    def __init__(self, consumer, producer, out_topic: str, config: PipelineConfig) -> None:
+        self.consumer, self.producer, self.out_topic, self.config = consumer, producer, out_topic, config
+        self.pending: deque[list] = deque()  # [offsets, outstanding deliveries]
+        self.failures: list = []
+        self.acked: dict = {}
+        self.since_commit = 0
+        self.last_commit = time.monotonic()
+
+    def relay(self, messages: list) -> None:
+        batch = [{}, len(messages)]
+        self.pending.append(batch)
+        for m in messages:
+            batch[0][(m.topic(), m.partition())] = m.offset() + 1
+            self.produce(m, batch)
+        self.since_commit += len(messages)
+
+    def produce(self, msg, batch: list) -> None:
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                self.failures.append(err)
+                self.produce(msg, batch)  # again, like the pipeline's Sender: nothing is dropped
+            else:
+                batch[1] -= 1
+
+        while True:
+            try:
+                self.producer.produce(self.out_topic, value=msg.value(), key=msg.key(),
+                                      partition=msg.partition(), on_delivery=delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def commit(self, force: bool = False) -> None:
+        from confluent_kafka import TopicPartition
+
+        while self.pending and self.pending[0][1] == 0:
+            self.acked.update(self.pending.popleft()[0])
+        due = self.since_commit >= self.config.commit_every_records or \
+            time.monotonic() - self.last_commit >= self.config.commit_interval_ms / 1000
+        if self.acked and (due or force):
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self.acked.items()],
+                                 asynchronous=False)
+            self.acked.clear()
+            self.since_commit, self.last_commit = 0, time.monotonic()
+
+
+def _pass_through_confluent(args) -> int:
+    """The same pass-through with confluent-kafka (librdkafka): commits follow delivery reports."""
+    try:
+        from confluent_kafka import KafkaException
+    except ImportError:
+        raise UserError("confluent-kafka is not installed (pip install confluent-kafka)") from None
+
+    config = _child_pipeline_config(args, args.output_topic)
+    consumer, producer = _confluent_clients(config)
+    relay = _ConfluentRelay(consumer, producer, args.output_topic, config)
+    started = time.monotonic()
+    first = last = None
+    count = 0
+    progress = _Progress("pass-through (confluent)", args.count)
+    try:
+        consumer.subscribe([args.topic])
+        idle_since = time.monotonic()
+        while count < args.count:
+            messages = consumer.consume(num_messages=config.max_poll_records, timeout=POLL_TIMEOUT_MS / 1000)
+            now = time.monotonic()
+            messages = [m for m in messages if m.error() is None]
+            if messages:
+                if first is None:
+                    first = now
+                relay.relay(messages)
+                count += len(messages)
+                last = idle_since = time.monotonic()
+                progress(count)
+            elif now - idle_since > args.idle_timeout:
+                raise _idle_error(args, count)
+            producer.poll(0)
+            relay.commit()
+        if producer.flush(60) != 0:
+            raise UserError("some outputs were never acknowledged")
+        acked_at = time.monotonic()
+        relay.commit(force=True)
+    except KafkaException as exc:
+        raise UserError(f"confluent-kafka: {exc}") from None
+    finally:
+        consumer.close()
+    _print_timing(count, time.monotonic() - started, (last or 0.0) - (first or 0.0),
+                  {"client": "confluent-kafka", "first_to_all_acked_s": acked_at - (first or 0.0),
+                   "delivery_failures": len(relay.failures)})
+    return 0
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+_VERSIONS = ("2.3.0", "2.4.1", "2.2.0", "1.9.8", "3.0.0")
+_LOCALES = ("CA", "NY", "TX", "FL", "WA", "GB", "DE")
+_DEVICE_TYPES = ("android", "ios")
+
+
+def synthetic_observations(count: int, rng) -> list[tuple[SimpleNamespace, str]]:
+    """``count`` (event, device type) pairs of distinct users, each with its own device and IP."""
+    batch = []
+    for i in range(count):
+        user = f"{rng.getrandbits(128):032x}"
+        device = f"{rng.getrandbits(128):032x}"
+        ip = rng.getrandbits(32)
+        event = SimpleNamespace(
+            app_version=_VERSIONS[i % 5], locale=_LOCALES[i % 7],
+            user_id=f"{user[:8]}-{user[8:12]}-4{user[13:16]}-a{user[17:20]}-{user[20:]}",
+            ip=f"{(ip >> 24) % 223 + 1}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}",
+            device_id=f"{device[:8]}-{device[8:12]}-4{device[13:16]}-b{device[17:20]}-{device[20:]}",
+        )
+        batch.append((event, _DEVICE_TYPES[i & 1]))
+    return batch
+
+
+def cmd_memory(args) -> int:
+    """Feed Aggregates with distinct users; RSS at each point of ``--points``."""
+    import gc
+    import random
+
+    import psutil
+
+    from loginpipe.state import Aggregates
+
+    process = psutil.Process()
+    rng = random.Random(args.seed)
+    state = Aggregates(max_tracked_keys=args.max_tracked_keys) if args.max_tracked_keys else Aggregates()
+    gc.collect()
+    points = [{"users": 0, "rss_bytes": process.memory_info().rss}]
+    fed = 0
+    started = time.monotonic()
+    for target in args.points:
+        while fed < target:
+            n = min(20_000, target - fed)
+            state.apply(synthetic_observations(n, rng))
+            fed += n
+        gc.collect()
+        rss = process.memory_info().rss
+        points.append({"users": fed, "rss_bytes": rss, "tracked_users": len(state.ips_by_user),
+                       "tracked_devices": len(state.users_by_device)})
+        print(f"memory: {fed:,} users, RSS {rss / 2**20:,.0f} MiB, tracking {len(state.ips_by_user):,}",
+              file=sys.stderr, flush=True)
+    emit_result({"max_tracked_keys": state.ips_by_user.max_keys, "points": points,
+                 "seconds": time.monotonic() - started})
+    return 0
+
+
+# --- dispatch --------------------------------------------------------------------------------
+
+def build_child_parser(command: str) -> EnvArgumentParser:
+    parser = EnvArgumentParser(prog=f"python -m loginpipe.benchmark {command}",
+                               description=f"internal step of the benchmark: {command}")
+    if command == "memory":
+        parser.add_argument("--points", type=int_list, required=True, help="distinct users to measure at")
+        parser.add_argument("--max-tracked-keys", type=int, default=0, help="0: the Aggregates default")
+        parser.add_argument("--seed", type=int, default=7)
+        return parser
+    parser.add_argument("--bootstrap-servers", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--count", type=positive_int, required=True)
+    if command == "preload":
+        parser.add_argument("--seed", type=int, default=7)
+        parser.add_argument("--bad-ratio", type=float, default=0.02)
+        return parser
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--idle-timeout", type=non_negative_float, default=60.0)
+    if command == "pass-through":
+        parser.add_argument("--output-topic", required=True)
+        parser.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python")
+    return parser
+
+
+def run_child_command(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, interrupt)  # stop cleanly: consumers leave their group
+    command, rest = argv[0], argv[1:]
+    args = build_child_parser(command).parse_args(rest)
+    handler: dict[str, Callable[[Any], int]] = {
+        "preload": cmd_preload, "consume-only": cmd_consume_only,
+        "pass-through": cmd_pass_through, "memory": cmd_memory,
+    }
+    return handler[command](args)

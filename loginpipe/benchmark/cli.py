@@ -1,0 +1,164 @@
+"""The benchmark's command line: its flags, the order of its steps, and dispatch to the child commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from loginpipe.benchmark.children import CHILD_COMMANDS, run_child_command
+from loginpipe.benchmark.common import int_list, interrupt, positive_float, say
+from loginpipe.benchmark.report import add_ratios, describe_machine, markdown, write_outputs
+from loginpipe.benchmark.steps import (
+    Bench,
+    step_consume_only,
+    step_java,
+    step_latency,
+    step_memory,
+    step_pass_through,
+    step_pipeline,
+    step_preload,
+)
+from loginpipe.broker import PROJECT_ROOT, LocalBroker, broker_answers
+from loginpipe.config import EnvArgumentParser, PipelineConfig, positive_int
+from loginpipe.errors import UserError
+from loginpipe.topics import TopicSpec
+
+DEFAULT_OUT_DIR = PROJECT_ROOT / "bench-results"
+
+
+def build_parser() -> EnvArgumentParser:
+    defaults = PipelineConfig()
+    parser = EnvArgumentParser(
+        prog="python -m loginpipe.benchmark",
+        description="Benchmark the pipeline against Kafka's Java consumer, kafka-python consume-only and "
+                    "pass-through; end-to-end latency; memory per user. Results in bench-results/.")
+    parser.add_env_argument("--bootstrap-servers", env="BOOTSTRAP_SERVERS", default=None,
+                            help="use this broker; when unset, the local broker is started (127.0.0.1:29092)")
+    parser.add_env_argument("--events", env="BENCH_EVENTS", type=positive_int, default=1_000_000,
+                            help="events to preload and consume in each throughput run")
+    parser.add_env_argument("--partitions", env="BENCH_PARTITIONS", type=positive_int, default=4,
+                            help="partitions of the benchmark topics")
+    parser.add_env_argument("--threads-list", env="BENCH_THREADS_LIST", type=int_list, default=[1, 2],
+                            help="pipeline --threads values to run, comma-separated")
+    parser.add_env_argument("--latency-rate", env="BENCH_LATENCY_RATE", type=positive_float, default=5000.0,
+                            help="offered load of the latency run, events/s")
+    parser.add_env_argument("--latency-seconds", env="BENCH_LATENCY_SECONDS", type=positive_float,
+                            default=60.0, help="length of the latency run")
+    parser.add_env_argument("--latency-threads", env="BENCH_LATENCY_THREADS", type=positive_int,
+                            default=defaults.threads, help="pipeline --threads in the latency run")
+    parser.add_env_argument("--latency-timestamps", env="BENCH_LATENCY_TIMESTAMPS", default="log-append",
+                            choices=["log-append", "create"],
+                            help="timestamp type of the latency topics: broker append time (in Kafka to "
+                                 "out of Kafka) or producer create time (includes the generator's linger)")
+    parser.add_env_argument("--memory-users", env="BENCH_MEMORY_USERS", type=int_list,
+                            default=[100_000, 1_000_000, 5_000_000],
+                            help="distinct users at which to measure memory, comma-separated")
+    parser.add_argument("--with-confluent", action="store_true",
+                        help="also run the pass-through with confluent-kafka, if it imports")
+    parser.add_env_argument("--out-dir", env="BENCH_OUT_DIR", default=str(DEFAULT_OUT_DIR),
+                            help="where results (and child process logs) go")
+    parser.add_env_argument("--seed", env="BENCH_SEED", type=int, default=7, help="generator seed")
+    return parser
+
+
+def _make_log_dir(out_dir: Path, run_id: str) -> Path:
+    log_dir = out_dir / "logs" / run_id
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
+    return log_dir
+
+
+def _bootstrap_servers(args) -> str:
+    """The broker to use: the one given, which must answer, or the local broker, started."""
+    if args.bootstrap_servers is None:
+        broker = LocalBroker()
+        say(f"kafka: {broker.start()}")
+        return broker.bootstrap_servers
+    bootstrap = args.bootstrap_servers
+    if not broker_answers(bootstrap, timeout_s=5.0):
+        raise UserError(f"cannot reach a Kafka broker at {bootstrap}; is it running? (make kafka-start)")
+    return bootstrap
+
+
+def _new_report(args, run_id: str, bootstrap: str) -> dict:
+    machine = describe_machine()
+    return {"run_id": run_id, "machine": machine, "bootstrap_servers": bootstrap,
+            "settings": {k: v for k, v in vars(args).items() if k != "command"},
+            "pipeline_defaults": asdict(PipelineConfig()), "runs": [], "notes": []}
+
+
+def _run_steps(bench: Bench, report: dict) -> None:
+    """Every step in turn, each adding its results to ``report``."""
+    args = bench.args
+    source = bench.name("in")
+    bench.create_topics(TopicSpec(source, "benchmark input"))
+    report["input_topic"] = source
+    report["preload"] = step_preload(bench, source)
+    runs = report["runs"]
+    java = step_java(bench, source)
+    if java:
+        runs.append(java)
+    else:
+        report["notes"].append("Java ConsumerPerformance skipped: no java on PATH")
+    runs.append(step_consume_only(bench, source))
+    runs.append(step_pass_through(bench, source, "kafka-python"))
+    if args.with_confluent:
+        row = step_pass_through(bench, source, "confluent")
+        if row:
+            runs.append(row)
+        else:
+            report["notes"].append("confluent-kafka pass-through skipped: it does not import")
+    for threads in args.threads_list:
+        runs.append(step_pipeline(bench, source, threads))
+    report["ratios"] = add_ratios(runs)
+    report["latency"] = step_latency(bench)
+    report["memory"] = step_memory(bench)
+
+
+def _finish(report: dict, started: float, out_dir: Path) -> int:
+    """Complete the report, write and print it; 1 when a pipeline run's accounting did not add up."""
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["duration_s"] = round(time.monotonic() - started, 1)
+    bad = [r["label"] for r in report["runs"] if r["kind"] == "pipeline" and not r["accounting_ok"]]
+    if bad:
+        report["notes"].append(f"accounting mismatch in: {', '.join(bad)}")
+    paths = write_outputs(report, out_dir)
+    say("")
+    say(markdown(report))
+    say("results: " + ", ".join(str(p) for p in paths))
+    return 1 if bad else 0
+
+
+def run_benchmark(args) -> int:
+    signal.signal(signal.SIGTERM, interrupt)
+    started = time.monotonic()
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    out_dir = Path(args.out_dir)
+    log_dir = _make_log_dir(out_dir, run_id)
+    say(f"benchmark {run_id}: {args.events:,} events, {args.partitions} partitions, pipeline threads "
+        f"{','.join(map(str, args.threads_list))}; logs in {log_dir}")
+    bootstrap = _bootstrap_servers(args)
+    bench = Bench(args, bootstrap, run_id, log_dir)
+    bench.steps = 5 + len(args.threads_list) + (1 if args.with_confluent else 0) + 1
+    report = _new_report(args, run_id, bootstrap)
+    try:
+        _run_steps(bench, report)
+    finally:
+        if bench.topics or bench.groups:
+            say("cleaning up: deleting the benchmark's topics and consumer groups")
+        bench.cleanup()
+    return _finish(report, started, out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in CHILD_COMMANDS:
+        return run_child_command(argv)
+    return run_benchmark(build_parser().parse_args(argv))

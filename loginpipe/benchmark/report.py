@@ -1,0 +1,206 @@
+"""The benchmark's report: machine description, ratios, markdown, chart, and the files they go to."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from loginpipe.benchmark.common import MB
+from loginpipe.broker import PROJECT_ROOT, kafka_version
+
+
+def describe_machine() -> dict:
+    import kafka
+    import psutil
+
+    cpu_model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    java = "not found"
+    if shutil.which("java"):
+        probe = subprocess.run(["java", "-version"], capture_output=True, text=True)
+        java = ((probe.stderr or probe.stdout).strip().splitlines() or ["?"])[0]
+    return {
+        "cpu_model": cpu_model, "cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "kafka": kafka_version(), "kafka_python": kafka.__version__, "java": java,
+        "git": _git_revision(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _git_revision() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}{' (uncommitted changes)' if dirty else ''}" if head else "unknown"
+
+
+def add_ratios(runs: list[dict]) -> dict:
+    by_kind = {r["kind"]: r for r in runs if r["kind"] in ("consume-only", "pass-through")
+               and r.get("client", "kafka-python") == "kafka-python"}
+    ratios = {}
+    for row in runs:
+        if row["kind"] != "pipeline":
+            continue
+        for kind, key in (("pass-through", "vs_pass_through"), ("consume-only", "vs_consume_only")):
+            base = by_kind.get(kind)
+            if base and base["events_per_s"]:
+                row[key] = round(row["events_per_s"] / base["events_per_s"], 3)
+                ratios[f"pipeline_t{row['threads']}_{key}"] = row[key]
+    return ratios
+
+
+# --- markdown --------------------------------------------------------------------------------
+
+def _num(value: float | None, spec: str = ",.0f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+    lines = _throughput_section(report)
+    if report.get("latency"):
+        lines += _latency_section(report["latency"])
+    if report.get("memory"):
+        lines += _memory_section(report["memory"])
+    lines += ["", f"Total duration: {report['duration_s'] / 60:.1f} min ({report['duration_s']:.0f}s)."]
+    return "\n".join(lines) + "\n"
+
+
+def _throughput_section(report: dict) -> list[str]:
+    """The title, the machine, and the throughput table with its notes."""
+    s = report["settings"]
+    pre = report["preload"]
+    m = report["machine"]
+    lines = [
+        f"# loginpipe benchmark {report['run_id']}",
+        "",
+        f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['python']}, Kafka {m['kafka']}, "
+        f"kafka-python {m['kafka_python']}, {m['java']}; git {m['git']}",
+        "",
+        f"## Throughput: {s['events']:,} events, {s['partitions']} partitions, "
+        f"{pre['value_bytes'] / MB:,.1f} MB of values",
+        "",
+        f"Preload (generator library, full speed): {pre['events_per_s']:,.0f} events/s.",
+        "",
+        "| run | events/s | MB/s | CPU s / M events | peak RSS MiB | ÷ pass-through | ÷ consume-only |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["runs"]:
+        lines.append(
+            f"| {r['label']} | {_num(r['events_per_s'])} | {_num(r['mb_per_s'], ',.1f')} | "
+            f"{_num(r['cpu_s_per_million'], ',.1f')} | {_num(r['peak_rss_mib'])} | "
+            f"{_num(r.get('vs_pass_through'), '.2f')} | {_num(r.get('vs_consume_only'), '.2f')} |")
+    lines += ["", "Rates: Python runs from the first record received to the last record done; Java: "
+              "ConsumerPerformance's fetch time (group join left out). CPU and peak RSS: the whole child "
+              "process (start-up included; for the pipeline also its 2 s idle stop)."]
+    for r in report["runs"]:
+        if r["kind"] == "pipeline":
+            lines.append(f"Pipeline {r['threads']} thread(s): consumed {r['consumed']:,} = processed "
+                         f"{r['processed']:,} + filtered {r['filtered']:,} + dead-lettered "
+                         f"{r['dead_lettered']:,}; accounting {'ok' if r['accounting_ok'] else 'MISMATCH'}.")
+    for note in report.get("notes", []):
+        lines.append(f"Note: {note}")
+    return lines
+
+
+def _latency_section(lat: dict) -> list[str]:
+    return [
+        "",
+        f"## Latency: pipeline ({lat['threads']} threads), {lat['offered_rate']:,g} events/s offered for "
+        f"{lat['seconds']:g}s",
+        "",
+        f"Input record's {lat['timestamps']} to output record's {lat['timestamps']}, joined on "
+        f"source_partition/source_offset.",
+        "",
+        "| records joined | generator events/s | p50 ms | p99 ms | max ms |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {lat['outputs_joined']:,} | {_num(lat['generator_rate'])} | {_num(lat['p50_ms'])} | "
+        f"{_num(lat['p99_ms'])} | {_num(lat['max_ms'])} |",
+    ]
+
+
+def _memory_section(mem: dict) -> list[str]:
+    unc, cap = mem["uncapped"], mem["default_cap"]
+    unc_by_users = {p["users"]: p for p in unc["points"]}
+    cap_by_users = {p["users"]: p for p in cap["points"]}
+    lines = [
+        "",
+        "## Memory: Aggregates, distinct users (each with its own IP and device id)",
+        "",
+        f"| users | RSS MiB (max_tracked_keys {unc['max_tracked_keys']:,}) | bytes per added user | "
+        f"RSS MiB (default cap {cap['max_tracked_keys']:,}) | users tracked (default cap) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for users in sorted(set(unc_by_users) | set(cap_by_users)):
+        u, c = unc_by_users.get(users, {}), cap_by_users.get(users, {})
+        lines.append(
+            f"| {users:,} | {_num(u.get('rss_mib'))} | {_num(u.get('bytes_per_added_user'))} | "
+            f"{_num(c.get('rss_mib'))} | {_num(c.get('tracked_users'))} |")
+    return lines
+
+
+# --- chart and files -------------------------------------------------------------------------
+
+def chart(report: dict, path: Path) -> bool:
+    """events/s per run as a horizontal bar chart; False when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    labels = [r["label"] for r in runs][::-1]
+    rates = [r["events_per_s"] for r in runs][::-1]
+    colors = ["#d62728" if r["kind"] == "pipeline" else "#1f77b4" if r["kind"] == "java" else "#7f7f7f"
+              for r in runs][::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(runs) + 1.6))
+    bars = ax.barh(labels, rates, color=colors)
+    top = max(rates) if rates else 1
+    for bar, rate in zip(bars, rates, strict=True):
+        ax.text(bar.get_width() * 1.08, bar.get_y() + bar.get_height() / 2, f"{rate:,.0f}",
+                va="center", fontsize=9)
+    # Log scale: the Java ceiling is ~30x the Python runs, which would be slivers on a linear axis.
+    ax.set_xscale("log")
+    ax.set_xlim(min(rates, default=top) / 2, top * 4)
+    ax.set_xlabel("events/s, log scale (first record to last done; Java: fetch time)")
+    m = report["machine"]
+    ax.set_title(f"loginpipe: {report['settings']['events']:,} events, {report['settings']['partitions']} "
+                 f"partitions\n{m['cores']} cores, Kafka {m['kafka']}, kafka-python {m['kafka_python']}",
+                 fontsize=10)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(report: dict, out_dir: Path) -> list[Path]:
+    stamp = report["run_id"].rsplit("-", 1)[0]
+    text = json.dumps(report, indent=2, default=str) + "\n"
+    paths = [out_dir / f"bench-{stamp}.json", out_dir / "latest.json", out_dir / "latest.md"]
+    paths[0].write_text(text)
+    paths[1].write_text(text)
+    paths[2].write_text(markdown(report))
+    png = out_dir / "latest.png"
+    if chart(report, png):
+        paths.append(png)
+    else:
+        report.setdefault("notes", []).append("no chart: matplotlib is not installed")
+    return paths

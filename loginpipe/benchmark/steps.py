@@ -1,0 +1,489 @@
+"""The benchmark's steps (preload, Java, consume-only, pass-through, pipeline, latency, memory), Bench."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loginpipe.benchmark.common import MB, say
+from loginpipe.benchmark.process import Child, ChildResult, stop_live_children
+from loginpipe.broker import DEFAULT_HOME, ensure_jars
+from loginpipe.errors import UserError
+from loginpipe.topics import TopicSpec, admin_client, delete_topics, ensure_topics
+from loginpipe.waiting import wait_until
+
+# The latency run produces once the pipeline's group has been Stable this long without a break.
+GROUP_SETTLE_S = 3.0
+SUMMARY_RE = re.compile(r"consumed ([\d,]+) in [\d.,]+s \([\d,]+ msg/s\): processed ([\d,]+), "
+                        r"filtered ([\d,]+), dead-lettered ([\d,]+)")
+TIMING_RE = re.compile(r"timing: first record to last processed in ([\d.]+)s")
+RESENT_RE = re.compile(r"outputs re-sent after a failed delivery: ([\d,]+)")
+GENERATOR_RE = re.compile(r"generator: sent ([\d,]+)(?:/[\d,]+)? events \(([\d,]+) events/s\)")
+
+
+def python_child(*args: str) -> list[str]:
+    return [sys.executable, "-m", "loginpipe.benchmark", *args]
+
+
+@dataclass
+class Bench:
+    """One benchmark run: settings, the topics and groups it made, the results so far."""
+
+    args: Any
+    bootstrap: str
+    run_id: str
+    log_dir: Path
+    topics: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    step: int = 0
+    steps: int = 0
+    value_bytes: int = 0
+
+    def name(self, suffix: str) -> str:
+        return f"lpbench-{self.run_id}-{suffix}"
+
+    def group(self, suffix: str) -> str:
+        group = self.name(suffix)
+        self.groups.append(group)
+        return group
+
+    def create_topics(self, *specs: TopicSpec) -> None:
+        self.topics.extend(spec.name for spec in specs)
+        for result in ensure_topics(self.bootstrap, list(specs), partitions=self.args.partitions):
+            if result.status != "created":
+                raise UserError(f"topic {result.describe()}: expected a fresh topic")
+
+    def announce(self, text: str) -> None:
+        self.step += 1
+        say(f"[{self.step}/{self.steps}] {text}")
+
+    def timeout_s(self, events: int) -> float:
+        return max(180.0, events / 1500)
+
+    def cleanup(self) -> None:
+        """Stop children still running, delete the topics and groups this run made."""
+        stop_live_children(grace_s=10.0)
+        with contextlib.suppress(Exception):
+            if self.topics:
+                delete_topics(self.bootstrap, self.topics)
+            if self.groups:
+                self._delete_groups()
+
+    def _delete_groups(self, timeout_s: float = 15.0) -> None:
+        """A group is deleted once empty; a member that died unannounced stays until its session ends."""
+        admin = admin_client(self.bootstrap)
+        try:
+            remaining = set(self.groups)
+
+            def deleted() -> bool:
+                admin.delete_groups(sorted(remaining))
+                listed = {g["group_id"] if isinstance(g, dict) else g[0] for g in admin.list_groups()}
+                remaining.intersection_update(listed)
+                return not remaining
+
+            wait_until(deleted, timeout_s, interval_s=1.0)
+        finally:
+            admin.close()
+
+
+# --- throughput ------------------------------------------------------------------------------
+
+def throughput_row(label: str, kind: str, consumed: int, seconds: float, child: ChildResult,
+                   value_bytes: int, events: int, **extra: Any) -> dict:
+    rate = consumed / seconds if seconds > 0 else 0.0
+    return {
+        "label": label, "kind": kind, "consumed": consumed, "seconds": round(seconds, 4),
+        "events_per_s": round(rate, 1),
+        "mb_per_s": round(value_bytes * (consumed / events) / seconds / MB, 3) if seconds > 0 else 0.0,
+        "cpu_s": round(child.cpu_s, 3),
+        "cpu_s_per_million": round(child.cpu_s / consumed * 1e6, 2) if consumed else None,
+        "peak_rss_mib": round(child.peak_rss_kib / 1024, 1),
+        "wall_s": round(child.wall_s, 2),
+        **extra,
+    }
+
+
+def step_preload(bench: Bench, topic: str) -> dict:
+    args = bench.args
+    bench.announce(f"preload: {args.events:,} events at full speed into {topic} "
+                   f"({args.partitions} partitions)")
+    child = Child("preload", python_child(
+        "preload", "--bootstrap-servers", bench.bootstrap, "--topic", topic, "--count", str(args.events),
+        "--seed", str(args.seed)), bench.log_dir)
+    result = child.wait(bench.timeout_s(args.events)).check()
+    data = result.result_json()
+    bench.value_bytes = data["value_bytes"]
+    bad = sum(n for kind, n in data["kinds"].items() if kind != "good")
+    say(f"      generator: {data['events_per_s']:,.0f} events/s ({data['seconds']:.1f}s); "
+        f"{bench.value_bytes / MB:,.1f} MB of values, {bad:,} bad records "
+        f"({bad / args.events:.1%})")
+    data.update(cpu_s=round(result.cpu_s, 3), peak_rss_mib=round(result.peak_rss_kib / 1024, 1))
+    return data
+
+
+def step_java(bench: Bench, topic: str) -> dict | None:
+    args = bench.args
+    bench.announce("Kafka's Java ConsumerPerformance (the broker's ceiling)")
+    if shutil.which("java") is None:
+        say("      skipped: no 'java' on PATH")
+        return None
+    libs = ensure_jars(DEFAULT_HOME / "libs", quiet=True)
+    cmd = ["java", "-Xmx512m", "-cp", f"{libs}/*", "org.apache.kafka.tools.ConsumerPerformance",
+           "--bootstrap-server", bench.bootstrap, "--topic", topic, "--num-records", str(args.events),
+           "--group", bench.group("java"), "--timeout", "60000"]
+    result = Child("java ConsumerPerformance", cmd, bench.log_dir).wait(bench.timeout_s(args.events)).check()
+    fields = parse_consumer_performance(result.stdout)
+    try:
+        consumed = int(float(fields["data.consumed.in.nMsg"]))
+        fetch_s = float(fields["fetch.time.ms"]) / 1000
+        rebalance_s = float(fields["rebalance.time.ms"]) / 1000
+    except (KeyError, ValueError):
+        raise UserError(f"unexpected ConsumerPerformance output:\n{result.tail()}") from None
+    row = throughput_row("Java ConsumerPerformance", "java", consumed, fetch_s, result, bench.value_bytes,
+                         args.events, tool_output=fields, group_join_s=rebalance_s)
+    say(f"      {consumed:,} records: {row['events_per_s']:,.0f} events/s over its fetch time "
+        f"{fetch_s:.2f}s (group join {rebalance_s:.2f}s left out)")
+    return row
+
+
+def parse_consumer_performance(text: str) -> dict[str, str]:
+    """The header line and the value line ConsumerPerformance prints, as a dict."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("start.time"):
+            header = [h.strip() for h in line.split(",")]
+            values = [v.strip() for v in lines[i + 1].split(",")]
+            if len(header) == len(values):
+                return dict(zip(header, values, strict=True))
+    raise UserError("ConsumerPerformance printed no result line:\n" + "\n".join(lines[-10:]))
+
+
+def python_run(bench: Bench, label: str, kind: str, child: Child, **extra: Any) -> dict:
+    """Wait for a Python consumer run and read its consumed count and first-to-last timing."""
+    result = child.wait(bench.timeout_s(bench.args.events)).check()
+    out = result.stdout
+    consumed_match = SUMMARY_RE.search(out) or re.search(r"consumed ([\d,]+) in", out)
+    timing = TIMING_RE.search(out)
+    if not consumed_match or not timing:
+        raise UserError(f"{label}: no summary in its output; tail:\n{result.tail()}")
+    consumed = int(consumed_match.group(1).replace(",", ""))
+    busy_s = float(timing.group(1))
+    if kind != "pipeline":
+        extra.update({k: v for k, v in result.result_json().items() if k not in ("consumed", "busy_s")})
+    row = throughput_row(label, kind, consumed, busy_s, result, bench.value_bytes, bench.args.events, **extra)
+    if kind == "pipeline":
+        processed, filtered, dead = (int(g.replace(",", "")) for g in SUMMARY_RE.search(out).groups()[1:])
+        resent = RESENT_RE.search(out)
+        row.update(processed=processed, filtered=filtered, dead_lettered=dead,
+                   resent=int(resent.group(1).replace(",", "")) if resent else None)
+    say(f"      {consumed:,} records in {busy_s:.2f}s: {row['events_per_s']:,.0f} events/s, "
+        f"{row['cpu_s_per_million']} CPU s per million, peak RSS {row['peak_rss_mib']:,.0f} MiB")
+    return row
+
+
+def step_consume_only(bench: Bench, topic: str) -> dict:
+    args = bench.args
+    bench.announce("kafka-python consume-only (the pipeline's consumer settings, no decoding)")
+    child = Child("consume-only", python_child(
+        "consume-only", "--bootstrap-servers", bench.bootstrap, "--topic", topic, "--count", str(args.events),
+        "--group", bench.group("consume-only")), bench.log_dir)
+    return python_run(bench, "kafka-python consume-only", "consume-only", child)
+
+
+def step_pass_through(bench: Bench, topic: str, client: str) -> dict | None:
+    args = bench.args
+    label = f"{'confluent-kafka' if client == 'confluent' else client} pass-through"
+    bench.announce(f"{label} (consume, produce raw bytes with the pipeline's producer settings, "
+                   "commit after acks)")
+    if client == "confluent":
+        probe = subprocess.run([sys.executable, "-c", "import confluent_kafka"], capture_output=True)
+        if probe.returncode != 0:
+            say("      skipped: confluent-kafka does not import in this environment "
+                "(pip install confluent-kafka to include it)")
+            return None
+    suffix = "pass" if client == "kafka-python" else "pass-confluent"
+    out_topic = bench.name(f"{suffix}-out")
+    bench.create_topics(TopicSpec(out_topic, "benchmark output", configs={"compression.type": "producer"}))
+    child = Child(label, python_child(
+        "pass-through", "--bootstrap-servers", bench.bootstrap, "--topic", topic, "--count", str(args.events),
+        "--group", bench.group(suffix), "--output-topic", out_topic, "--client", client), bench.log_dir)
+    row = python_run(bench, label, "pass-through", child)
+    row["output_records"] = sum(end_offsets(bench.bootstrap, out_topic).values())
+    return row
+
+
+def step_pipeline(bench: Bench, topic: str, threads: int) -> dict:
+    args = bench.args
+    bench.announce(f"the pipeline, --threads {threads}")
+    out, dlq = bench.name(f"t{threads}-out"), bench.name(f"t{threads}-dlq")
+    bench.create_topics(TopicSpec(out, "benchmark output", configs={"compression.type": "producer"}),
+                        TopicSpec(dlq, "benchmark dead letters"))
+    cmd = [sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bench.bootstrap,
+           "--input-topic", topic, "--output-topic", out, "--dlq-topic", dlq,
+           "--group-id", bench.group(f"t{threads}"), "--threads", str(threads),
+           "--stop-when-idle", "2", "--quiet"]
+    row = python_run(bench, f"pipeline, {threads} thread{'s' if threads > 1 else ''}", "pipeline",
+                     Child(f"pipeline t{threads}", cmd, bench.log_dir), threads=threads)
+    row["output_records"] = sum(end_offsets(bench.bootstrap, out).values())
+    row["dlq_records"] = sum(end_offsets(bench.bootstrap, dlq).values())
+    row["accounting_ok"] = (row["consumed"] == args.events
+                            and row["processed"] + row["filtered"] + row["dead_lettered"] == row["consumed"]
+                            and row["output_records"] >= row["processed"]
+                            and row["dlq_records"] >= row["dead_lettered"])
+    say(f"      processed {row['processed']:,}, filtered {row['filtered']:,}, dead-lettered "
+        f"{row['dead_lettered']:,}; output topic {row['output_records']:,}, dlq {row['dlq_records']:,}; "
+        f"accounting {'ok' if row['accounting_ok'] else 'MISMATCH'}")
+    return row
+
+
+# --- latency ---------------------------------------------------------------------------------
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> Iterator:
+    """Every record of ``topic`` up to its current end offsets."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=16 * 1024 * 1024)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        ends = consumer.end_offsets(partitions)
+        remaining = {tp for tp, end in ends.items() if end > 0}
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise UserError(f"could not read {topic} back within {timeout_s:.0f}s")
+            for tp, batch in consumer.poll(timeout_ms=500, max_records=20_000).items():
+                end = ends[tp]
+                for record in batch:
+                    if record.offset < end:
+                        yield record
+                if batch[-1].offset + 1 >= end:
+                    remaining.discard(tp)
+    finally:
+        consumer.close()
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """Nearest-rank quantile of an ascending list."""
+    if not ordered:
+        return 0.0
+    rank = max(1, int(-(-q * len(ordered) // 1)))  # ceil(q * n)
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class GroupJoin:
+    seconds: float  # from the start of waiting until the group had been Stable for the settle time
+    first_stable_s: float | None  # when it was first seen Stable with every member
+    left_stable: int  # how often it left Stable again (a rebalance after the first one)
+
+
+def wait_group_settled(bootstrap: str, group: str, members: int, pipeline: Child, timeout_s: float,
+                       settle_s: float) -> GroupJoin:
+    """Wait until ``group`` has been Stable with ``members`` members for ``settle_s`` seconds on end."""
+    from kafka.errors import KafkaError
+
+    admin = admin_client(bootstrap)
+    started = time.monotonic()
+    first_stable: float | None = None
+    stable_since: float | None = None
+    left = 0
+    try:
+        while True:
+            now = time.monotonic()
+            if pipeline.poll() is not None:
+                raise UserError(f"the pipeline exited early; output tail:\n{pipeline.result.tail()}")
+            if now - started > timeout_s:
+                raise UserError(f"group {group} was not Stable with {members} member(s) "
+                                f"within {timeout_s:.0f}s")
+            try:
+                info = admin.describe_groups([group])[group]
+                stable = info.get("group_state") == "Stable" and len(info.get("members") or []) >= members
+            except (KafkaError, KeyError):
+                stable = False
+            if stable:
+                first_stable = first_stable or now
+                stable_since = stable_since or now
+                if now - stable_since >= settle_s:
+                    return GroupJoin(now - started, first_stable - started, left)
+            elif stable_since is not None:
+                stable_since = None
+                left += 1
+            time.sleep(0.05)
+    finally:
+        admin.close()
+
+
+def committed_total(admin, group: str, topic: str) -> int:
+    from kafka.errors import KafkaError
+
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    except KafkaError:
+        return -1
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+def _start_latency_pipeline(bench: Bench, src: str, out: str, dlq: str,
+                            group: str) -> tuple[Child, GroupJoin]:
+    """The pipeline on the latency topics, once its group has settled (so no rebalance skews latency)."""
+    threads = bench.args.latency_threads
+    pipeline = Child("latency pipeline", [
+        sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bench.bootstrap,
+        "--input-topic", src, "--output-topic", out, "--dlq-topic", dlq, "--group-id", group,
+        "--threads", str(threads), "--quiet"], bench.log_dir)
+    join = wait_group_settled(bench.bootstrap, group, threads, pipeline, 90.0, GROUP_SETTLE_S)
+    say(f"      pipeline group first Stable after {join.first_stable_s:.2f}s, left Stable {join.left_stable} "
+        f"time(s), Stable for {GROUP_SETTLE_S:g}s on end after {join.seconds:.2f}s; producing")
+    return pipeline, join
+
+
+def _produce_at_rate(bench: Bench, src: str, count: int) -> float | None:
+    """Run the generator at the offered load; the rate it achieved, if it printed one."""
+    args = bench.args
+    generator = Child("latency generator", [
+        sys.executable, "-m", "loginpipe.generator", "--bootstrap-servers", bench.bootstrap, "--topic", src,
+        "--count", str(count), "--rate", f"{args.latency_rate:g}", "--seed", str(args.seed + 1),
+        "--progress-every", "10"], bench.log_dir)
+    gen_result = generator.wait(args.latency_seconds * 3 + 60).check()
+    gen_match = GENERATOR_RE.search(gen_result.stderr)
+    return float(gen_match.group(2).replace(",", "")) if gen_match else None
+
+
+def _drain_and_stop(bench: Bench, pipeline: Child, group: str, src: str, count: int) -> ChildResult:
+    """Let the pipeline finish the input, then stop it; its result."""
+    # Drained once the group has committed every input offset (commits follow acknowledgements).
+    admin = admin_client(bench.bootstrap)
+    try:
+        drained = wait_until(lambda: committed_total(admin, group, src) >= count or pipeline.poll(),
+                             max(60.0, bench.args.latency_seconds), interval_s=0.25)
+    finally:
+        admin.close()
+    if pipeline.poll() is not None:
+        raise UserError(f"the pipeline exited during the latency run; tail:\n{pipeline.result.tail()}")
+    if not drained:
+        say("      warning: the pipeline did not commit every input offset in time; stopping it anyway")
+    result = pipeline.stop(grace_s=60.0)
+    if result is None or result.returncode != 0:
+        tail = result.tail() if result else "(still running)"
+        raise UserError(f"the latency pipeline did not stop cleanly; tail:\n{tail}")
+    return result
+
+
+def join_latencies(bootstrap: str, src: str, out: str) -> tuple[list[float], int, int]:
+    """Output minus input timestamp per output record, joined on source_partition/source_offset.
+
+    Returns the latencies in ascending order, the outputs without an input and the input count.
+    """
+    import orjson
+
+    sent_at: dict[tuple[int, int], int] = {}
+    for record in read_topic(bootstrap, src):
+        sent_at[(record.partition, record.offset)] = record.timestamp
+    latencies: list[float] = []
+    unmatched = 0
+    for record in read_topic(bootstrap, out):
+        fields = orjson.loads(record.value)
+        start = sent_at.get((fields.get("source_partition"), fields.get("source_offset")))
+        if start is None:
+            unmatched += 1
+        else:
+            latencies.append(record.timestamp - start)
+    latencies.sort()
+    return latencies, unmatched, len(sent_at)
+
+
+def step_latency(bench: Bench) -> dict:
+    args = bench.args
+    threads = args.latency_threads
+    count = max(1, round(args.latency_rate * args.latency_seconds))
+    bench.announce(f"latency: the pipeline ({threads} thread{'s' if threads > 1 else ''}) with the generator "
+                   f"at {args.latency_rate:,g} events/s for {args.latency_seconds:g}s ({count:,} events)")
+    ts_type = {"log-append": "LogAppendTime", "create": "CreateTime"}[args.latency_timestamps]
+    src, out, dlq = bench.name("lat-in"), bench.name("lat-out"), bench.name("lat-dlq")
+    ts_config = {"message.timestamp.type": ts_type}
+    bench.create_topics(
+        TopicSpec(src, "latency input", configs=ts_config),
+        TopicSpec(out, "latency output", configs={**ts_config, "compression.type": "producer"}),
+        TopicSpec(dlq, "latency dead letters"))
+    group = bench.group("lat")
+    pipeline, join = _start_latency_pipeline(bench, src, out, dlq, group)
+    achieved = _produce_at_rate(bench, src, count)
+    result = _drain_and_stop(bench, pipeline, group, src, count)
+    summary = SUMMARY_RE.search(result.stdout)
+    consumed = int(summary.group(1).replace(",", "")) if summary else None
+    latencies, unmatched, inputs = join_latencies(bench.bootstrap, src, out)
+    row = {
+        "threads": threads, "offered_rate": args.latency_rate, "seconds": args.latency_seconds,
+        "produced": count, "generator_rate": achieved, "pipeline_consumed": consumed,
+        "timestamps": ts_type, "input_records": inputs, "outputs_joined": len(latencies),
+        "outputs_unmatched": unmatched, "group_first_stable_s": round(join.first_stable_s or 0.0, 2),
+        "group_left_stable": join.left_stable, "group_settled_s": round(join.seconds, 2),
+        "p50_ms": quantile(latencies, 0.50), "p99_ms": quantile(latencies, 0.99),
+        "max_ms": latencies[-1] if latencies else 0.0,
+        "mean_ms": round(sum(latencies) / len(latencies), 2) if latencies else 0.0,
+        "cpu_s": round(result.cpu_s, 3), "peak_rss_mib": round(result.peak_rss_kib / 1024, 1),
+    }
+    say(f"      {len(latencies):,} outputs joined to their inputs ({ts_type}): p50 {row['p50_ms']:,.0f} ms, "
+        f"p99 {row['p99_ms']:,.0f} ms, max {row['max_ms']:,.0f} ms"
+        + (f" (generator achieved {achieved:,.0f} events/s)" if achieved else ""))
+    return row
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+def _add_rss_per_user(points: list[dict]) -> None:
+    """RSS in MiB at each point, and bytes per user added since the previous point."""
+    previous = None
+    for point in points:
+        point["rss_mib"] = round(point["rss_bytes"] / 2**20, 1)
+        if previous is not None:
+            point["bytes_per_added_user"] = round(
+                (point["rss_bytes"] - previous["rss_bytes"]) / (point["users"] - previous["users"]), 1)
+        previous = point
+
+
+def step_memory(bench: Bench) -> dict:
+    args = bench.args
+    users = sorted(set(args.memory_users))
+    top = users[-1]
+    bench.announce(f"memory: Aggregates fed with {', '.join(f'{u:,}' for u in users)} distinct users "
+                   "(each its own IP and device)")
+    runs = {}
+    plateau = sorted(set(users) | {top * k // 5 for k in range(1, 6)})
+    for key, cap, points in (("uncapped", 10_000_000, users), ("default_cap", 0, plateau)):
+        child = Child(f"memory {key}", python_child(
+            "memory", "--points", ",".join(map(str, points)), "--max-tracked-keys", str(cap),
+            "--seed", str(args.seed)), bench.log_dir)
+        result = child.wait(max(300.0, top / 10_000)).check()
+        data = result.result_json()
+        _add_rss_per_user(data["points"])
+        data["peak_rss_mib"] = round(result.peak_rss_kib / 1024, 1)
+        runs[key] = data
+        last = data["points"][-1]
+        say(f"      max_tracked_keys {data['max_tracked_keys']:,}: " + ", ".join(
+            f"{p['users']:,} users {p['rss_mib']:,.0f} MiB" for p in data["points"][1:])
+            + f" (tracking {last['tracked_users']:,} at the end)")
+    return runs
