@@ -17,9 +17,11 @@ from typing import TextIO
 
 import psutil
 
+from loginpipe.events import REASONS as DEAD_LETTER_REASONS
 from loginpipe.pipeline import BatchResult
 
 MAX_SAMPLES = 50_000  # latency samples kept per stats interval
+MIN_RATE_SPAN_S = 0.2
 
 
 class ProcessSampler:
@@ -155,7 +157,8 @@ class Stats:
     def _line(self, now: float) -> str:
         """Format the current line and start a new interval; the caller holds the lock."""
         t = self.totals
-        span = max(now - self._interval_start, 1e-9)
+        # Two batches landing milliseconds apart would make a meaningless "now" rate.
+        span = max(now - self._interval_start, MIN_RATE_SPAN_S)
         overall = t.consumed / max(now - self.started, 1e-9)
         proc_total = sum(w for _, w in self._proc) or 1
         proc_avg_ms = 1000 * sum(s * w for s, w in self._proc) / proc_total
@@ -186,7 +189,11 @@ def format_summary(totals: Totals, elapsed_s: float, aggregates: dict, busy_s: f
         return ", ".join(f"{label} ({count:,})" for label, count in pairs) or "-"
 
     rate = totals.consumed / elapsed_s if elapsed_s > 0 else 0.0
-    reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(totals.reasons.items(), key=lambda x: -x[1]))
+    def by_count(reasons: dict) -> str:
+        return ", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])) or "-"
+
+    dead = {r: n for r, n in totals.reasons.items() if r in DEAD_LETTER_REASONS}
+    filtered = {r: n for r, n in totals.reasons.items() if r not in DEAD_LETTER_REASONS}
     return "\n".join([
         "=" * 24 + " summary " + "=" * 24,
         f"consumed {totals.consumed:,} in {elapsed_s:,.1f}s ({rate:,.0f} msg/s): "
@@ -197,7 +204,8 @@ def format_summary(totals: Totals, elapsed_s: float, aggregates: dict, busy_s: f
         f"device types:     {top(aggregates['device_types'])}",
         f"multi-IP users: {aggregates['multi_ip_users']:,}   shared devices: {aggregates['shared_devices']:,}"
         f"   (tracking {aggregates['tracked_users']:,} users, {aggregates['tracked_devices']:,} devices)",
-        f"filter and dead-letter reasons: {reasons or '-'}",
+        f"filtered by:      {by_count(filtered)}",
+        f"dead-lettered by: {by_count(dead)}",
         f"outputs re-sent after a failed delivery: {totals.resent:,}",
         f"timing: first record to last processed in {busy_s:.3f}s",
     ])

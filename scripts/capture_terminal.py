@@ -77,6 +77,7 @@ class Tmux:
         self.session = session
         self.env = env
         self.started = False
+        self.socket_path: Path | None = None
 
     def run(self, *args: str) -> str:
         result = subprocess.run(["tmux", "-L", self.socket, *args], env=self.env,
@@ -89,6 +90,7 @@ class Tmux:
         self.run("-f", "/dev/null", "new-session", "-d", "-s", self.session,
                  "-x", str(cols), "-y", str(rows), "-c", str(cwd), shlex.join(shell))
         self.started = True
+        self.socket_path = Path(self.run("display-message", "-p", "#{socket_path}").strip())
         self.run("set-option", "-t", self.session, "status", "off")
         self.run("set-option", "-t", self.session, "history-limit", "5000")
 
@@ -112,6 +114,8 @@ class Tmux:
             subprocess.run(["tmux", "-L", self.socket, "kill-server"], env=self.env,
                            capture_output=True, check=False)
             self.started = False
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)  # tmux leaves its socket file behind
 
 
 def shell_env() -> dict[str, str]:
@@ -130,7 +134,8 @@ def capture(output: Path) -> Path:
     bootstrap = broker.bootstrap_servers
 
     run_id = uuid.uuid4().hex[:6]
-    topics = {"input": f"capture-{run_id}-login", "output": f"capture-{run_id}-processed",
+    # Short names, so the typed command fits on one row of the terminal.
+    topics = {"input": f"capture-{run_id}-in", "output": f"capture-{run_id}-out",
               "dlq": f"capture-{run_id}-dlq"}
     group = f"capture-{run_id}"
     consumer_cmd = ["python", "create_kafka_consumer.py", "--input-topic", topics["input"],
@@ -284,6 +289,7 @@ def render(screen: str, title: str, output: Path, font_size: int = 15) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     regular = ImageFont.truetype(str(FONT_REGULAR), font_size)
+    title_font = ImageFont.truetype(str(FONT_REGULAR), font_size - 1)  # the whole command fits
     bold = ImageFont.truetype(str(FONT_BOLD), font_size)
     ascent, descent = regular.getmetrics()
     cell_w = regular.getlength("M")
@@ -310,10 +316,10 @@ def render(screen: str, title: str, output: Path, font_size: int = 15) -> None:
         cx, cy = pad_x + radius + k * 20, bar_h // 2
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
     title_x = pad_x + 3 * 20 + 12
-    max_chars = int((width - title_x - pad_x) / cell_w)
+    max_chars = int((width - title_x - pad_x) / title_font.getlength("M"))
     if len(title) > max_chars:
         title = title[:max_chars - 1] + "…"
-    draw.text((title_x, (bar_h - cell_h) // 2 + 2), title, font=regular, fill=TITLE_TEXT)
+    draw.text((title_x, (bar_h - cell_h) // 2 + 3), title, font=title_font, fill=TITLE_TEXT)
 
     for row, runs in enumerate(parsed):
         y = bar_h + pad_y + row * cell_h

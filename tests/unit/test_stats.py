@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 
 from loginpipe.pipeline import BatchResult
 from loginpipe.stats import Stats, Totals, format_summary, percentile, weighted_percentile
@@ -51,9 +52,11 @@ def test_time_based_mode_prints_on_tick_only() -> None:
 
 
 def test_summary_mentions_every_count() -> None:
-    totals = Totals(consumed=10, processed=7, filtered=2, dead_lettered=1)
+    totals = Totals(consumed=10, processed=7, filtered=2, dead_lettered=1,
+                    reasons=Counter({"not_mobile": 2, "invalid_ip": 1}))
     text = format_summary(totals, 2.0, {"top_app_versions": [("2.3.0", 7)], "top_locales": [],
                                         "device_types": [("ios", 7)], "multi_ip_users": 3,
                                         "shared_devices": 1, "tracked_users": 5, "tracked_devices": 4})
     assert "consumed 10 in 2.0s (5 msg/s): processed 7, filtered 2, dead-lettered 1" in text
     assert "multi-IP users: 3   shared devices: 1" in text
+    assert "filtered by:      not_mobile 2" in text and "dead-lettered by: invalid_ip 1" in text
