@@ -327,3 +327,25 @@ def test_rebalance_commits_in_flight_work_before_giving_partitions_up(bootstrap:
     # Committed at the hand-over, so the new owner started exactly where the old one stopped.
     assert len(outputs) == len(must_process) and len(dead) == len(must_dead_letter)
     assert sum(c[0] for c in counts) == len(records)
+
+
+def test_second_ctrl_c_exits_at_once_when_the_first_cannot_finish(tmp_path: Path, kafka_libs: Path,
+                                                                   topic_name, reaper) -> None:
+    broker = LocalBroker(home=tmp_path / "kafka", port=free_port(), controller_port=free_port(),
+                         heap_mb=384, libs=kafka_libs)
+    broker.start(quiet=True)
+    try:
+        topics = create_pipeline_topics(broker.bootstrap_servers, topic_name, partitions=1)
+        proc, out, err = start_consumer(reaper, broker.bootstrap_servers, topics, group(), tmp_path, "twice")
+        assert wait_until(lambda: "Ctrl+C stops" in out.read_text(), 60), err.read_text()
+        preload(broker.bootstrap_servers, topics.input, generated(200, seed=15))
+        assert wait_until(lambda: "[stats]" in out.read_text(), 60), err.read_text()
+        broker.stop()  # now a clean stop waits on a broker that is not there
+        assert proc.poll() is None, err.read_text()
+        proc.send_signal(signal.SIGINT)
+        assert wait_until(lambda: "SIGINT: finishing" in err.read_text(), 30), err.read_text()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 130
+        assert "second interrupt: exiting now" in err.read_text()
+    finally:
+        broker.stop()
