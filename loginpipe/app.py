@@ -91,7 +91,7 @@ class Application:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # broker trouble is reported by us
         self._check_topics()
         self.producer = self._make_producer()
-        self.sender = Sender(self.producer, self.warn, self.stop)
+        self.sender = Sender(self.producer, self.warn)
         if install_signals:
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)

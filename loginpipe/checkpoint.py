@@ -30,6 +30,8 @@ class _Pending:
 
 
 class Checkpointer:
+    """One worker's pending batches and the offsets they may commit once delivered."""
+
     def __init__(self, consumer, sender: Sender, every_records: int, interval_s: float,
                  warn: Callable[[str], None], on_resend: Callable[[int], None] = lambda n: None,
                  clock: Callable[[], float] = time.monotonic) -> None:

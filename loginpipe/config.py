@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from loginpipe.errors import UserError
+from loginpipe.events import MAX_FUTURE_SKEW_S
+from loginpipe.state import DEFAULT_MAX_TRACKED_KEYS
 from loginpipe.topics import DLQ_TOPIC, INPUT_TOPIC, OUTPUT_TOPIC
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:29092"
@@ -100,8 +102,8 @@ class PipelineConfig:
     commit_interval_ms: int = 1000
     linger_ms: int = 5
     batch_size: int = 256 * 1024
-    max_tracked_keys: int = 1_000_000
-    max_future_skew_s: float = 24 * 3600
+    max_tracked_keys: int = DEFAULT_MAX_TRACKED_KEYS
+    max_future_skew_s: float = MAX_FUTURE_SKEW_S
     quiet: bool = False
 
 

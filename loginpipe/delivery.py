@@ -7,8 +7,9 @@ again, dead letters included: nothing is dropped, and offsets wait until it is a
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Sequence
+
+from kafka.errors import KafkaTimeoutError
 
 from loginpipe.route import OutputRecord
 
@@ -16,15 +17,12 @@ from loginpipe.route import OutputRecord
 class Sender:
     """Wraps the (thread-safe, shared) KafkaProducer."""
 
-    def __init__(self, producer, warn: Callable[[str], None], stop: threading.Event) -> None:
+    def __init__(self, producer, warn: Callable[[str], None]) -> None:
         self.producer = producer
         self.warn = warn
-        self.stop = stop
 
     def send_all(self, records: Sequence[OutputRecord]) -> list:
         """Hand every record to the producer; return their futures, in order."""
-        from kafka.errors import KafkaTimeoutError
-
         send = self.producer.send
         futures = []
         try:
@@ -37,8 +35,6 @@ class Sender:
 
     def _send_slowly(self, records: Sequence[OutputRecord]) -> list:
         """One by one, retrying a send that cannot even be queued (no metadata, buffer full)."""
-        from kafka.errors import KafkaTimeoutError
-
         futures = []
         for record in records:
             while True:
@@ -67,8 +63,6 @@ class Sender:
 
     def flush(self, timeout_s: float) -> None:
         """Push out what is buffered and wait up to ``timeout_s`` for it to complete."""
-        from kafka.errors import KafkaTimeoutError
-
         # On a timeout the caller still looks at each future: flush only hurries them along.
         with contextlib.suppress(KafkaTimeoutError):
             self.producer.flush(timeout=timeout_s)

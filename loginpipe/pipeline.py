@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from loginpipe.enrich import normalize_device_type
-from loginpipe.events import LoginEvent, RawRecord, parse_event
+from loginpipe.events import MAX_FUTURE_SKEW_S, LoginEvent, RawRecord, parse_event
 from loginpipe.filters import filter_reason
 from loginpipe.route import OutputRecord, Routes, dead_letter, processed_record
 from loginpipe.state import Aggregates
@@ -30,14 +30,13 @@ class BatchResult:
 
 
 def process_batch(records: Sequence[RawRecord], state: Aggregates, routes: Routes, now_s: float,
-                  max_future_skew_s: float | None = None) -> BatchResult:
+                  max_future_skew_s: float = MAX_FUTURE_SKEW_S) -> BatchResult:
     """Run one batch through every step; ``state`` is updated once for the whole batch."""
     result = BatchResult(consumed=len(records))
     outputs = result.outputs
     kept: list[tuple[RawRecord, LoginEvent, str]] = []
-    skew = {} if max_future_skew_s is None else {"max_future_skew_s": max_future_skew_s}
     for record in records:
-        event = parse_event(record.value, now_s, **skew)
+        event = parse_event(record.value, now_s, max_future_skew_s)
         if not isinstance(event, LoginEvent):
             outputs.append(dead_letter(routes, record, event))
             result.reasons[event.reason] += 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import signal
 import sys
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -159,7 +158,7 @@ def _pass_through_kafka_python(args) -> int:
     config = _child_pipeline_config(args, args.output_topic)
     app = Application(config, out=io.StringIO())
     producer = app._make_producer()  # the pipeline's own producer settings (snappy, linger, acks=all, ...)
-    sender = Sender(producer, app.warn, threading.Event())
+    sender = Sender(producer, app.warn)
     consumer = app.make_consumer(0)
     checkpointer = Checkpointer(consumer, sender, config.commit_every_records,
                                 config.commit_interval_ms / 1000, app.warn)

@@ -5,8 +5,6 @@ exercised against a broker in tests/integration."""
 
 from __future__ import annotations
 
-import threading
-
 from kafka import TopicPartition
 from kafka.future import Future
 
@@ -42,7 +40,7 @@ class ManualProducer:
 
 def setup(every: int = 1):
     consumer, producer = RecordingConsumer(), ManualProducer()
-    sender = Sender(producer, warn=lambda m: None, stop=threading.Event())
+    sender = Sender(producer, warn=lambda m: None)
     return Checkpointer(consumer, sender, every, 3600, warn=lambda m: None), consumer, producer, sender
 
 
