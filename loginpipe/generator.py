@@ -221,7 +221,7 @@ def produce(config: GeneratorConfig, out=sys.stderr) -> dict[str, int]:
             counts[record.kind] = counts.get(record.kind, 0) + 1
             sent += 1
             if config.rate > 0:
-                _pace(started, sent, config.rate)
+                pace(started, sent, config.rate)
             if sent % 1000 == 0 and time.monotonic() - last_report >= config.progress_every_s:
                 last_report = time.monotonic()
                 _report(out, sent, total, last_report - started)
@@ -241,7 +241,8 @@ def produce(config: GeneratorConfig, out=sys.stderr) -> dict[str, int]:
     return counts
 
 
-def _pace(started: float, sent: int, rate: float) -> None:
+def pace(started: float, sent: int, rate: float) -> None:
+    """Sleep just enough that ``sent`` records since ``started`` (monotonic) keep to ``rate``/s."""
     ahead = sent / rate - (time.monotonic() - started)
     if ahead > 0.002:
         time.sleep(ahead)  # rate limiting, the behaviour asked for

@@ -15,7 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from loginpipe.app import Application, RunResult
 from loginpipe.config import PipelineConfig
-from loginpipe.generator import EventGenerator, Generated, make_producer
+from loginpipe.generator import EventGenerator, Generated, make_producer, pace
 from loginpipe.topics import TopicSpec, ensure_topics
 from loginpipe.waiting import wait_until
 
@@ -93,9 +93,7 @@ def preload(bootstrap: str, topic: str, records: list[Generated], rate: float = 
         for i, record in enumerate(records):
             producer.send(topic, key=record.key, value=record.value)
             if rate and i % 100 == 0:
-                ahead = i / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)  # pacing the stream, not synchronization
+                pace(started, i, rate)
         producer.flush()
     finally:
         producer.close()
