@@ -193,6 +193,13 @@ class LocalBroker:
         self.stop()
         raise UserError(f"the broker did not answer within {timeout_s:.0f}s; log tail:\n{self.tail()}")
 
+    def start_or_reuse(self) -> str:
+        """Start this broker, or use a Kafka that already answers on its port (compose, another
+        checkout) rather than fail on the port."""
+        if not self.is_running() and broker_answers(self.bootstrap_servers, timeout_s=2.0):
+            return f"a Kafka broker already answers at {self.bootstrap_servers}: using it"
+        return self.start()
+
     def stop(self, timeout_s: float = 20.0) -> str:
         """Stop cleanly with SIGTERM; SIGKILL after ``timeout_s``."""
         pid = self.pid()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from loginpipe.app import Application, tune_gc
-from loginpipe.broker import LocalBroker, broker_answers
+from loginpipe.broker import LocalBroker
 from loginpipe.config import (
     DEFAULT_BOOTSTRAP,
     EnvArgumentParser,
@@ -33,14 +33,6 @@ def build_parser() -> EnvArgumentParser:
     return parser
 
 
-def _start_local_broker(bootstrap_servers: str) -> str:
-    """Start this checkout's broker, or use a Kafka already answering there (compose, another checkout)."""
-    broker = LocalBroker()
-    if not broker.is_running() and broker_answers(bootstrap_servers, timeout_s=2.0):
-        return f"a Kafka broker already answers at {bootstrap_servers}: using it"
-    return broker.start()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, consumer_args = parser.parse_known_args(argv)
@@ -51,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = pipeline_config(consumer_args)
     if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
-        print(f"kafka: {_start_local_broker(config.bootstrap_servers)}", flush=True)
+        print(f"kafka: {LocalBroker().start_or_reuse()}", flush=True)
     for result in ensure_topics(config.bootstrap_servers, TOPICS):
         print(f"topic {result.describe()}", flush=True)
     generator = None

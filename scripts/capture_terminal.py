@@ -130,7 +130,7 @@ def shell_env() -> dict[str, str]:
 
 def capture(output: Path) -> Path:
     broker = LocalBroker()
-    print(broker.start(quiet=False), flush=True)
+    print(broker.start_or_reuse(), flush=True)
     bootstrap = broker.bootstrap_servers
 
     run_id = uuid.uuid4().hex[:6]

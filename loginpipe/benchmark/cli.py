@@ -79,7 +79,7 @@ def _bootstrap_servers(args) -> str:
     """The broker to use: the one given, which must answer, or the local broker, started."""
     if args.bootstrap_servers is None:
         broker = LocalBroker()
-        say(f"kafka: {broker.start()}")
+        say(f"kafka: {broker.start_or_reuse()}")
         return broker.bootstrap_servers
     bootstrap = args.bootstrap_servers
     if not broker_answers(bootstrap, timeout_s=5.0):

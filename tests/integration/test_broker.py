@@ -63,3 +63,10 @@ def test_cli_status_exit_code_when_stopped(tmp_path: Path) -> None:
     assert result.stdout.strip() == "not running"
     bad = run_cli("-m", "loginpipe.broker", "launch")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_start_or_reuse_uses_a_kafka_already_on_the_port(tmp_path: Path, kafka_libs: Path, kafka) -> None:
+    port = int(kafka.bootstrap.rpartition(":")[2])
+    other = LocalBroker(home=tmp_path / "other", port=port, controller_port=free_port(), libs=kafka_libs)
+    assert other.start_or_reuse() == f"a Kafka broker already answers at 127.0.0.1:{port}: using it"
+    assert not other.is_running()
