@@ -98,6 +98,35 @@ def _idle_error(args, count: int) -> UserError:
 
 # --- consume-only ----------------------------------------------------------------------------
 
+class _LoopTimes:
+    """Record count, first and last record times and the idle limit of a child's poll loop."""
+
+    def __init__(self, label: str, args) -> None:
+        self.args = args
+        self.started = time.monotonic()
+        self.first: float | None = None
+        self.last: float | None = None
+        self.count = 0
+        self._idle_since = self.started
+        self._progress = _Progress(label, args.count)
+
+    def got(self, n: int, polled_at: float) -> None:
+        """``n`` records arrived at ``polled_at`` and are done now."""
+        if self.first is None:
+            self.first = polled_at
+        self.count += n
+        self.last = self._idle_since = time.monotonic()
+        self._progress(self.count)
+
+    def check_idle(self) -> None:
+        if time.monotonic() - self._idle_since > self.args.idle_timeout:
+            raise _idle_error(self.args, self.count)
+
+    @property
+    def busy_s(self) -> float:
+        return (self.last or 0.0) - (self.first or 0.0)
+
+
 def cmd_consume_only(args) -> int:
     """A KafkaConsumer set up exactly like the pipeline's; poll in batches until N records."""
     import logging
@@ -108,30 +137,19 @@ def cmd_consume_only(args) -> int:
     tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
     config = _child_pipeline_config(args)
     consumer = Application(config, out=io.StringIO()).make_consumer(0)
-    started = time.monotonic()
-    first = last = None
-    count = 0
-    progress = _Progress("consume-only", args.count)
+    times = _LoopTimes("consume-only", args)
     try:
         consumer.partitions_for_topic(args.topic)
         consumer.subscribe([args.topic])
-        idle_since = time.monotonic()
-        while count < args.count:
+        while times.count < args.count:
             polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
-            now = time.monotonic()
-            if not polled:
-                if now - idle_since > args.idle_timeout:
-                    raise _idle_error(args, count)
-                continue
-            if first is None:
-                first = now
-            for batch in polled.values():
-                count += len(batch)
-            last = idle_since = time.monotonic()
-            progress(count)
+            if polled:
+                times.got(sum(len(batch) for batch in polled.values()), time.monotonic())
+            else:
+                times.check_idle()
     finally:
         consumer.close(autocommit=False)
-    _print_timing(count, time.monotonic() - started, (last or 0.0) - (first or 0.0),
+    _print_timing(times.count, time.monotonic() - times.started, times.busy_s,
                   {"client": "kafka-python", "max_poll_records": config.max_poll_records})
     return 0
 
@@ -163,20 +181,14 @@ def _pass_through_kafka_python(args) -> int:
     checkpointer = Checkpointer(consumer, sender, config.commit_every_records,
                                 config.commit_interval_ms / 1000, app.warn)
     out_topic = args.output_topic
-    started = time.monotonic()
-    first = last = None
-    count = 0
-    progress = _Progress("pass-through", args.count)
+    times = _LoopTimes("pass-through", args)
     try:
         consumer.partitions_for_topic(args.topic)
         consumer.subscribe([args.topic])
-        idle_since = time.monotonic()
-        while count < args.count:
+        while times.count < args.count:
             polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
-            now = time.monotonic()
             if polled:
-                if first is None:
-                    first = now
+                polled_at = time.monotonic()
                 # A copy keyed like its input goes to the input's partition number (the output
                 # topic has as many), as the pipeline does: no murmur2 hashing in Python.
                 outputs = [OutputRecord(out_topic, r.key, r.value, partition=r.partition)
@@ -184,11 +196,9 @@ def _pass_through_kafka_python(args) -> int:
                 offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
                 futures = sender.send_all(outputs)
                 checkpointer.track(offsets, outputs, futures, len(outputs))
-                count += len(outputs)
-                last = idle_since = time.monotonic()
-                progress(count)
-            elif now - idle_since > args.idle_timeout:
-                raise _idle_error(args, count)
+                times.got(len(outputs), polled_at)
+            else:
+                times.check_idle()
             checkpointer.maybe_commit()
         all_committed = checkpointer.commit_all(timeout_s=60.0)
         acked_at = time.monotonic()
@@ -197,8 +207,8 @@ def _pass_through_kafka_python(args) -> int:
         producer.close(timeout=10)
     if not all_committed:
         raise UserError("some outputs were never acknowledged")
-    _print_timing(count, time.monotonic() - started, (last or 0.0) - (first or 0.0),
-                  {"client": "kafka-python", "first_to_all_acked_s": acked_at - (first or 0.0)})
+    _print_timing(times.count, time.monotonic() - times.started, times.busy_s,
+                  {"client": "kafka-python", "first_to_all_acked_s": acked_at - (times.first or 0.0)})
     return 0
 
 
