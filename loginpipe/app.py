@@ -1,10 +1,10 @@
 """The shell around the pure core: Kafka clients, worker threads, checkpoints, signals, shutdown.
 
     Kafka poll -> process_batch (pure) -> Sender (shared producer) -> Checkpointer (commit)
-                                       \\-> Stats
+                                       \\-> Stats -> Publisher (summary and metrics topics)
 
-One ``Application`` owns the shared producer, the shared aggregations and the stats; each
-``Worker`` thread owns one KafkaConsumer in the group and its Checkpointer. Threads overlap
+One ``Application`` owns the shared producer, the shared aggregations, the stats and the
+publisher; each ``Worker`` thread owns one KafkaConsumer in the group and its Checkpointer. Threads overlap
 network waits but share one interpreter lock: to use more cores, run more processes with the
 same group id and Kafka spreads the partitions over them.
 """
@@ -31,7 +31,9 @@ from loginpipe.checkpoint import Checkpointer
 from loginpipe.config import PipelineConfig
 from loginpipe.delivery import Sender
 from loginpipe.errors import UserError
-from loginpipe.pipeline import process_batch
+from loginpipe.filters import FilterRules
+from loginpipe.pipeline import Topology, process_batch
+from loginpipe.publish import Publisher
 from loginpipe.route import Routes
 from loginpipe.state import Aggregates
 from loginpipe.stats import Stats, Totals, format_summary
@@ -78,12 +80,16 @@ class Application:
         self.warn = Warner(err)
         self.stop = threading.Event()
         self.state = Aggregates(max_tracked_keys=config.max_tracked_keys)
-        self.routes = Routes(config.output_topic, config.dlq_topic)  # keep_partition: _check_topics
+        routes = Routes(config.output_topic, config.dlq_topic, config.filtered_topic,
+                        privacy=config.privacy)  # keep_partition: _check_topics
+        filters = FilterRules(app_versions=config.app_versions, max_age_s=config.max_age_s)
+        self.topology = Topology(routes, filters, config.max_future_skew_s)
         self.stats = Stats(config.stats_every, config.stats_interval_s, out=self.out,
-                           enabled=not config.quiet)
+                           enabled=not config.quiet, metrics=config.metrics_topic is not None)
         self.failure: str | None = None
         self.producer = None
         self.sender: Sender | None = None
+        self.publisher: Publisher | None = None
         self._interrupts = 0
 
     def run(self, install_signals: bool = True) -> RunResult:
@@ -92,6 +98,7 @@ class Application:
         self._check_topics()
         self.producer = self._make_producer()
         self.sender = Sender(self.producer, self.warn)
+        self.publisher = Publisher(self.config, self.state, self.stats, self.producer, self.warn)
         if install_signals:
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -108,6 +115,8 @@ class Application:
             self.stop.set()
             for worker in workers:
                 worker.join()
+            self.publisher.publish_summary(final=True)
+            self.publisher.publish_metrics()
             self.sender.flush(timeout_s=30.0)
             self.producer.close(timeout=10)
         result = RunResult(self.stats.totals, self.state.summary(), self.stats.elapsed(),
@@ -138,6 +147,7 @@ class Application:
         while not self.stop.is_set():
             self.stop.wait(0.2)
             self.stats.tick()
+            self.publisher.tick()
             now = time.monotonic()
             if not any(w.is_alive() for w in workers):
                 return
@@ -175,7 +185,9 @@ class Application:
         """Fail fast, with one line, when the broker or a topic is missing."""
         admin = admin_client(self.config.bootstrap_servers)
         try:
-            names = [self.config.input_topic, self.config.output_topic, self.config.dlq_topic]
+            config = self.config
+            names = [config.input_topic, config.output_topic, config.dlq_topic,
+                     *filter(None, [config.filtered_topic, config.summary_topic, config.metrics_topic])]
             found = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)
                      if t.get("error_code", 0) == 0}
         finally:
@@ -185,7 +197,8 @@ class Application:
             raise UserError(f"topic(s) {', '.join(missing)} do not exist at {self.config.bootstrap_servers}; "
                             "create them with: python create_kafka_topic.py")
         same = found[self.config.input_topic] == found[self.config.output_topic]
-        self.routes = dataclasses.replace(self.routes, keep_partition=same)
+        routes = dataclasses.replace(self.topology.routes, keep_partition=same)
+        self.topology = dataclasses.replace(self.topology, routes=routes)
 
     def _make_producer(self):
         return KafkaProducer(
@@ -309,7 +322,7 @@ class Worker(threading.Thread):
         started = time.perf_counter()
         records = [record for batch in polled.values() for record in batch]
         offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
-        result = process_batch(records, app.state, app.routes, time.time(), app.config.max_future_skew_s)
+        result = process_batch(records, app.state, app.topology, time.time())
         futures = app.sender.send_all(result.outputs)
         self.checkpointer.track(offsets, result.outputs, futures, result.consumed)
         self._next_offsets.update(offsets)
@@ -320,7 +333,7 @@ class Worker(threading.Thread):
         app.stats.record(result, time.perf_counter() - started, [done_ms - r.timestamp for r in sampled])
 
     def _show(self, outputs) -> None:
-        topic = self.app.routes.output_topic
+        topic = self.app.topology.routes.output_topic
         text = "\n".join(o.value.decode() for o in outputs if o.topic == topic)
         if text:
             print(text, file=self.app.out, flush=True)

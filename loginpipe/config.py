@@ -8,13 +8,21 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loginpipe.errors import UserError
-from loginpipe.events import MAX_FUTURE_SKEW_S
+from loginpipe.events import MAX_FUTURE_SKEW_S, is_app_version
+from loginpipe.privacy import SECRET_ENV, Privacy
 from loginpipe.state import DEFAULT_MAX_TRACKED_KEYS
-from loginpipe.topics import DLQ_TOPIC, INPUT_TOPIC, OUTPUT_TOPIC
+from loginpipe.topics import (
+    DLQ_TOPIC,
+    FILTERED_TOPIC,
+    INPUT_TOPIC,
+    METRICS_TOPIC,
+    OUTPUT_TOPIC,
+    SUMMARY_TOPIC,
+)
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:29092"
 
@@ -60,10 +68,34 @@ def ratio(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+def version_list(text: str) -> frozenset[str]:
+    """Comma-separated x.y.z versions."""
+    versions = frozenset(v.strip() for v in text.split(",") if v.strip())
+    if not versions or not all(is_app_version(v) for v in versions):
+        raise ValueError(text)
+    return versions
+
+
+def optional_topic(text: str) -> str | None:
+    """A topic name, or None for "none", "off" or empty: that output is disabled."""
+    text = text.strip()
+    return None if text.lower() in ("", "none", "off") else text
+
+
 # argparse shows a converter's __name__ in its "invalid ... value" message.
 positive_int.__name__ = "positive integer"
 non_negative_float.__name__ = "non-negative number"
+positive_float.__name__ = "positive number"
 ratio.__name__ = "ratio between 0 and 1"
+version_list.__name__ = "comma-separated list of x.y.z versions"
+optional_topic.__name__ = "topic name or 'none'"
 
 
 def add_bootstrap_argument(parser: EnvArgumentParser) -> None:
@@ -105,6 +137,15 @@ class PipelineConfig:
     max_tracked_keys: int = DEFAULT_MAX_TRACKED_KEYS
     max_future_skew_s: float = MAX_FUTURE_SKEW_S
     quiet: bool = False
+    privacy: Privacy | None = field(default=None, repr=False)  # None: privacy mode off
+    max_age_s: float | None = None
+    app_versions: frozenset[str] | None = None
+    filtered_topic: str | None = None
+    summary_topic: str | None = SUMMARY_TOPIC
+    summary_every: int = 10_000
+    summary_interval_s: float = 5.0
+    metrics_topic: str | None = METRICS_TOPIC
+    metrics_interval_s: float = 5.0
 
 
 def build_pipeline_parser() -> EnvArgumentParser:
@@ -144,6 +185,26 @@ def build_pipeline_parser() -> EnvArgumentParser:
     add("--max-tracked-keys", env="MAX_TRACKED_KEYS", type=positive_int,
         default=defaults.max_tracked_keys, help="users (and devices) remembered for distinct counts")
     parser.add_argument("--quiet", action="store_true", help="no stats lines, only the final summary")
+
+    add("--privacy", env="PRIVACY", type=_flag, default=False, nargs="?", const=True,
+        help=f"mask IPs and pseudonymize device ids in every output (key from ${SECRET_ENV})")
+    add("--max-age", env="MAX_AGE", type=positive_float, default=None,
+        help="filter events older than this many seconds (reason 'stale'); unset: any age")
+    add("--app-versions", env="APP_VERSIONS", type=version_list, default=None,
+        help="keep only these app versions, e.g. 2.3.0,2.4.0 (reason 'app_version'); unset: all")
+    add("--filtered-topic", env="FILTERED_TOPIC", type=optional_topic, default=None, nargs="?",
+        const=FILTERED_TOPIC, help=f"forward filtered events to this topic ({FILTERED_TOPIC} when "
+                                   "given without a name); unset: they are only counted")
+    add("--summary-topic", env="SUMMARY_TOPIC", type=optional_topic, default=defaults.summary_topic,
+        help="publish aggregation snapshots here ('none': off)")
+    add("--summary-every", env="SUMMARY_EVERY", type=positive_int, default=defaults.summary_every,
+        help="publish a snapshot every N processed events")
+    add("--summary-interval", env="SUMMARY_INTERVAL", type=positive_float,
+        default=defaults.summary_interval_s, help="or every S seconds, whichever comes first")
+    add("--metrics-topic", env="METRICS_TOPIC", type=optional_topic, default=defaults.metrics_topic,
+        help="publish the pipeline's health here ('none': off)")
+    add("--metrics-interval", env="METRICS_INTERVAL", type=positive_float,
+        default=defaults.metrics_interval_s, help="every S seconds")
     return parser
 
 
@@ -161,6 +222,7 @@ _flag.__name__ = "boolean (true/false)"
 def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
     """Build the pipeline's settings from flags and environment."""
     args = build_pipeline_parser().parse_args(argv)
+    privacy = Privacy.from_environment() if args.privacy else None
     return PipelineConfig(
         bootstrap_servers=args.bootstrap_servers, input_topic=args.input_topic,
         output_topic=args.output_topic, dlq_topic=args.dlq_topic, group_id=args.group_id,
@@ -169,4 +231,8 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
         max_poll_records=args.max_poll_records, commit_every_records=args.commit_every,
         commit_interval_ms=args.commit_interval_ms, linger_ms=args.linger_ms,
         batch_size=args.batch_size, max_tracked_keys=args.max_tracked_keys, quiet=args.quiet,
+        privacy=privacy, max_age_s=args.max_age, app_versions=args.app_versions,
+        filtered_topic=args.filtered_topic, summary_topic=args.summary_topic,
+        summary_every=args.summary_every, summary_interval_s=args.summary_interval,
+        metrics_topic=args.metrics_topic, metrics_interval_s=args.metrics_interval,
     )

@@ -2,27 +2,46 @@
 
 ``parse_event`` never raises; every way an input can be wrong has a reason name, which is what
 the dead-letter topic's ``dlq-reason`` header carries.
+
+The input schema (``contracts.INPUT_SCHEMA``) is the contract: the field list, the length
+limits and the patterns below are read from it. The common, valid case runs through checks
+built from those values; an event that fails them is handed to the schema compiled by
+fastjsonschema, whose failed rule names the reason. A property test checks both always agree.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import re
-import socket
 from dataclasses import dataclass
 
+import fastjsonschema
 import orjson
 
-MAX_EVENT_BYTES = 64 * 1024
-MAX_FIELD_CHARS = 256
-MAX_FUTURE_SKEW_S = 24 * 3600
-STRING_FIELDS = ("user_id", "app_version", "device_type", "ip", "locale", "device_id")
-REQUIRED_FIELDS = (*STRING_FIELDS, "timestamp")
-_VERSION = re.compile(r"\d{1,9}\.\d{1,9}\.\d{1,9}")
-_NUMERIC = re.compile(r"\s*\d+(\.\d+)?\s*")
+from loginpipe import contracts
+from loginpipe.addresses import is_ip
 
-# Reasons, in the order the checks run.
+MAX_EVENT_BYTES = 64 * 1024
+MAX_FUTURE_SKEW_S = 24 * 3600
+
+_SCHEMA = contracts.load(contracts.INPUT_SCHEMA)
+_PROPERTIES = _SCHEMA["properties"]
+REQUIRED_FIELDS = tuple(_SCHEMA["required"])
+STRING_FIELDS = tuple(name for name in REQUIRED_FIELDS if _PROPERTIES[name].get("type") == "string")
+_LIMITS = {(_PROPERTIES[name]["minLength"], _PROPERTIES[name]["maxLength"]) for name in STRING_FIELDS}
+# _parse checks the fields inline, by name, with one pair of limits: it is the hottest code of
+# the pipeline. A schema that changes either fails here, at import, rather than being ignored.
+_ORDER = ("user_id", "app_version", "device_type", "ip", "locale", "device_id")
+if STRING_FIELDS != _ORDER or len(_LIMITS) != 1:
+    raise ImportError(f"{contracts.INPUT_SCHEMA}: update events._parse for its string fields")
+((_MIN_CHARS, _MAX_CHARS),) = _LIMITS
+_VERSION = contracts.python_regex(_PROPERTIES["app_version"]["pattern"])
+_TIMESTAMP_TEXT = next(option for option in _PROPERTIES["timestamp"]["anyOf"] if option["type"] == "string")
+_NUMERIC = contracts.python_regex(_TIMESTAMP_TEXT["pattern"])
+_NUMERIC_MAX_CHARS = _TIMESTAMP_TEXT["maxLength"]
+
+# Reasons. The ones a schema rule names are in the schema ("x-invalid-reason"); the others are
+# what the schema cannot say: size, encoding, syntax, and times relative to now.
 TOO_LARGE = "too_large"
 NOT_UTF8 = "not_utf8"
 INVALID_JSON = "invalid_json"
@@ -30,13 +49,15 @@ NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 EMPTY_OR_LONG = "empty_or_too_long"
-INVALID_TIMESTAMP = "invalid_timestamp"
+INVALID_TIMESTAMP = _PROPERTIES["timestamp"]["x-invalid-reason"]
 NEGATIVE_TIMESTAMP = "negative_timestamp"
 FUTURE_TIMESTAMP = "future_timestamp"
-INVALID_IP = "invalid_ip"
-INVALID_APP_VERSION = "invalid_app_version"
+INVALID_IP = _PROPERTIES["ip"]["x-invalid-reason"]
+INVALID_APP_VERSION = _PROPERTIES["app_version"]["x-invalid-reason"]
 REASONS = (TOO_LARGE, NOT_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, EMPTY_OR_LONG,
            INVALID_TIMESTAMP, NEGATIVE_TIMESTAMP, FUTURE_TIMESTAMP, INVALID_IP, INVALID_APP_VERSION)
+_RULE_REASONS = {"required": MISSING_FIELD, "type": WRONG_TYPE,
+                 "minLength": EMPTY_OR_LONG, "maxLength": EMPTY_OR_LONG}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +103,7 @@ def parse_event(raw: bytes | None, now_s: float, max_future_skew_s: float = MAX_
 
 
 def _parse(raw: bytes | None, now_s: float, max_future_skew_s: float) -> LoginEvent | Rejection:
-    # The common, valid case runs straight through with few calls: it is per event. Each failed
-    # check hands over to _describe_fields, which says exactly what is wrong.
+    # The common, valid case runs straight through with few calls: it is per event.
     if raw is None:
         return Rejection(INVALID_JSON, "empty record (null value)")
     if len(raw) > MAX_EVENT_BYTES:
@@ -100,68 +120,69 @@ def _parse(raw: bytes | None, now_s: float, max_future_skew_s: float) -> LoginEv
         user_id, version, device_type = data["user_id"], data["app_version"], data["device_type"]
         ip, locale, device_id, timestamp = data["ip"], data["locale"], data["device_id"], data["timestamp"]
     except KeyError:
-        return _describe_fields(data)
+        return explain(data)
+    low, high = _MIN_CHARS, _MAX_CHARS
     if not (type(user_id) is str and type(version) is str and type(device_type) is str
             and type(ip) is str and type(locale) is str and type(device_id) is str
-            and 0 < len(user_id) <= MAX_FIELD_CHARS and 0 < len(version) <= MAX_FIELD_CHARS
-            and 0 < len(device_type) <= MAX_FIELD_CHARS and 0 < len(ip) <= MAX_FIELD_CHARS
-            and 0 < len(locale) <= MAX_FIELD_CHARS and 0 < len(device_id) <= MAX_FIELD_CHARS):
-        return _describe_fields(data)
+            and low <= len(user_id) <= high and low <= len(version) <= high
+            and low <= len(device_type) <= high and low <= len(ip) <= high
+            and low <= len(locale) <= high and low <= len(device_id) <= high):
+        return explain(data)
     epoch_s = _epoch_seconds(timestamp)
-    if epoch_s is None:
-        return Rejection(INVALID_TIMESTAMP, f"timestamp {str(timestamp)[:40]!r} is not a number")
+    if epoch_s is None or not is_ip(ip) or not is_app_version(version):
+        return explain(data)
+    # Valid by the schema. What follows depends on the clock, which a schema cannot express.
     if epoch_s < 0:
-        return Rejection(NEGATIVE_TIMESTAMP, f"timestamp {epoch_s:.0f} is negative")
+        return Rejection(NEGATIVE_TIMESTAMP, f"timestamp {epoch_s:.10g} is negative")
     if epoch_s > now_s + max_future_skew_s:
-        return Rejection(FUTURE_TIMESTAMP, f"timestamp {epoch_s:.0f} is after now + {max_future_skew_s:.0f}s")
-    if not _is_ip(ip):
-        return Rejection(INVALID_IP, f"ip {ip[:60]!r} is not an IPv4 or IPv6 address")
-    if not _is_version(version):
-        return Rejection(INVALID_APP_VERSION, f"app_version {version[:40]!r} is not x.y.z")
+        return Rejection(FUTURE_TIMESTAMP,
+                         f"timestamp {epoch_s:.10g} is after now + {max_future_skew_s:.0f}s")
     return LoginEvent(user_id, version, device_type, ip, locale, device_id, timestamp, epoch_s)
 
 
 @functools.lru_cache(maxsize=1024)  # a stream carries a few dozen versions: skip the regex for them
-def _is_version(text: str) -> bool:
-    return _VERSION.fullmatch(text) is not None
-
-
-def _describe_fields(data: dict) -> Rejection:
-    """Why the fields of a decoded object are not a login event (the slow, precise path)."""
-    missing = [name for name in REQUIRED_FIELDS if name not in data]
-    if missing:
-        return Rejection(MISSING_FIELD, "missing " + ", ".join(missing))
-    for name in STRING_FIELDS:
-        value = data[name]
-        if type(value) is not str:
-            return Rejection(WRONG_TYPE, f"{name} is {type(value).__name__}, expected string")
-        if not 0 < len(value) <= MAX_FIELD_CHARS:
-            return Rejection(EMPTY_OR_LONG, f"{name} has {len(value)} characters")
-    return Rejection(WRONG_TYPE, "fields do not form a login event")  # not reached: a safety net
+def is_app_version(text: str) -> bool:
+    return _VERSION.search(text) is not None
 
 
 def _epoch_seconds(value: object) -> float | None:
-    """Seconds since the epoch from an int, a float or a numeric string; None when it is none."""
-    if type(value) is int:
+    """Seconds since the epoch from a number or a numeric string; None when it is neither."""
+    kind = type(value)
+    if kind is int:
         return float(value) if abs(value) < 1e15 else math.copysign(1e15, value)
-    if type(value) is float:
-        return value if math.isfinite(value) else None
-    if type(value) is str and len(value) <= 40:
-        sign = -1.0 if value.startswith("-") else 1.0
-        digits = value[1:] if sign < 0 else value
-        if _NUMERIC.fullmatch(digits):
-            return sign * float(digits)
+    if kind is float:
+        return value  # JSON has no NaN; an infinity is a time in the future (or negative)
+    if kind is str and len(value) <= _NUMERIC_MAX_CHARS and _NUMERIC.search(value):
+        return float(value)
     return None
 
 
-def _is_ip(text: str) -> bool:
-    """Strict IPv4 dotted quad or IPv6, via the C library (several times faster than ipaddress)."""
-    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+def explain(data: object) -> Rejection:
+    """Why a decoded value is not a login event, from the schema rule it fails (the slow path)."""
     try:
-        socket.inet_pton(family, text)
-    except (OSError, ValueError):  # ValueError: non-ASCII text or an embedded NUL
-        return False
-    return True
+        contracts.validator(contracts.INPUT_SCHEMA)(data)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        return _rejection(data, exc)
+    # Only reached if the fast checks above and the schema disagree; a property test says they don't.
+    return Rejection(INVALID_JSON, "rejected by the parser but valid by the schema")
+
+
+def _rejection(data: object, exc: fastjsonschema.JsonSchemaValueException) -> Rejection:
+    if exc.rule == "required":
+        missing = [name for name in REQUIRED_FIELDS if name not in data]
+        return Rejection(MISSING_FIELD, "missing " + ", ".join(missing))
+    if len(exc.path) < 2:
+        return Rejection(NOT_AN_OBJECT, exc.message)
+    field, value = exc.path[1], exc.value
+    reason = (_RULE_REASONS.get(exc.rule)
+              or _PROPERTIES.get(field, {}).get("x-invalid-reason", WRONG_TYPE))
+    if reason == WRONG_TYPE:
+        return Rejection(reason, f"{field} is {type(value).__name__}, expected {exc.rule_definition}")
+    if reason == EMPTY_OR_LONG:
+        spec = _PROPERTIES[field]
+        return Rejection(reason, f"{field} has {len(value)} characters, "
+                                 f"limits {spec['minLength']}..{spec['maxLength']}")
+    return Rejection(reason, f"{field} {str(value)[:60]!r} fails the schema's {exc.rule} rule")
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -1,5 +1,7 @@
-"""Where each record goes: the output topic for processed events, the dead-letter topic for
-rejected input. Builds the records; sending them is the shell's job."""
+"""Where each record goes, and what it carries: the enriched record to the output topic,
+filtered events to the filtered topic (when set), rejected input to the dead-letter topic.
+Builds the records; sending them is the shell's job. In privacy mode every record built here
+goes through ``Privacy`` first."""
 
 from __future__ import annotations
 
@@ -7,27 +9,34 @@ from dataclasses import dataclass
 
 import orjson
 
-from loginpipe.enrich import login_time_iso
+from loginpipe import enrich, risk
+from loginpipe.contracts import OUTPUT_SCHEMA_ID
 from loginpipe.events import LoginEvent, RawRecord, Rejection
+from loginpipe.privacy import Privacy
 from loginpipe.state import Snapshot
 from loginpipe.topics import DLQ_TOPIC, OUTPUT_TOPIC
 
 # Headers on every dead letter.
 REASON_HEADER = "dlq-reason"
 DETAIL_HEADER = "dlq-detail"
+REDACTED_HEADER = "dlq-redacted"  # privacy mode: the value was not a JSON object, so it is empty
 SOURCE_TOPIC_HEADER = "source-topic"
 SOURCE_PARTITION_HEADER = "source-partition"
 SOURCE_OFFSET_HEADER = "source-offset"
+# Header on every filtered event.
+FILTER_REASON_HEADER = "filter-reason"
 
 
 @dataclass(frozen=True)
 class Routes:
     output_topic: str = OUTPUT_TOPIC
     dlq_topic: str = DLQ_TOPIC
+    filtered_topic: str | None = None  # None: filtered events are only counted
     # True when the output topic has as many partitions as the input: a record keyed by user_id
     # then goes to its input partition's number, which is where the key's hash would put it
     # anyway, without hashing it again (murmur2 in pure Python is ~10% of the pipeline's time).
     keep_partition: bool = False
+    privacy: Privacy | None = None  # None: privacy mode off
 
 
 @dataclass(slots=True)
@@ -39,45 +48,106 @@ class OutputRecord:
     partition: int | None = None  # None: the producer's partitioner hashes the key
 
 
+class BatchTime:
+    """The processing time of one batch, and its rendering, computed once for all its records."""
+
+    __slots__ = ("iso", "now_s")
+
+    def __init__(self, now_s: float) -> None:
+        self.now_s = now_s
+        self.iso = enrich.processed_timestamp(now_s)
+
+
 def processed_record(routes: Routes, source: RawRecord, event: LoginEvent, device_type: str,
-                     snapshot: Snapshot) -> OutputRecord:
-    """The enriched record for the output topic, keyed by user_id (fields: see the README)."""
+                     snapshot: Snapshot, batch_time: BatchTime) -> tuple[OutputRecord, str]:
+    """The enriched record for the output topic, keyed by user_id, and its risk level. Its fields
+    are described by ``schemas/processed-login.v1.json`` (the README's table is rendered from it)."""
+    epoch_s, ip = event.epoch_s, event.ip
+    second = int(epoch_s)  # parse_event rejects negative times
+    login_time, day_of_week, hour_of_day = enrich.time_fields(second)
+    major, minor, patch = enrich.version_parts(event.app_version)
+    region, zone = enrich.locale_region(event.locale)
+    local_hour = enrich.local_hour(zone, second // 3600)
+    distinct_ips, users_on_device = snapshot.distinct_ips_for_user, snapshot.users_on_device
+    score, level, factors = risk.assess(distinct_ips, users_on_device, major, snapshot.newest_major,
+                                        local_hour, ip)
+    privacy = routes.privacy
     key = event.user_id.encode()
     value = orjson.dumps({
         "user_id": event.user_id,
         "app_version": event.app_version,
         "device_type": device_type,
-        "ip": event.ip,
+        "ip": privacy.masked_ip(ip) if privacy else ip,
         "locale": event.locale,
-        "device_id": event.device_id,
+        "device_id": privacy.device_token(event.device_id) if privacy else event.device_id,
         "timestamp": event.timestamp,
-        "login_time": login_time_iso(event.epoch_s),
+        "login_time": login_time,
+        "day_of_week": day_of_week,
+        "hour_of_day": hour_of_day,
+        "local_hour_of_day": local_hour,
+        "processed_timestamp": batch_time.iso,
+        "processing_delay_seconds": enrich.processing_delay_seconds(batch_time.now_s, epoch_s),
+        "region": region,
+        "app_version_major": major,
+        "app_version_minor": minor,
+        "app_version_patch": patch,
         "total_logins_for_version": snapshot.total_logins_for_version,
         "total_logins_from_locale": snapshot.total_logins_from_locale,
         "total_logins_for_device_type": snapshot.total_logins_for_device_type,
-        "distinct_ips_for_user": snapshot.distinct_ips_for_user,
-        "multi_ip_user": snapshot.distinct_ips_for_user > 1,
-        "users_on_device": snapshot.users_on_device,
-        "shared_device": snapshot.users_on_device > 1,
+        "distinct_ips_for_user": distinct_ips,
+        "multi_ip_user": distinct_ips > 1,
+        "users_on_device": users_on_device,
+        "shared_device": users_on_device > 1,
         "most_common_device_type": snapshot.most_common_device_type,
+        "risk_score": score,
+        "risk_level": level,
+        "risk_factors": factors,
+        "privacy": privacy is not None,
         "source_partition": source.partition,
         "source_offset": source.offset,
+        "schema": OUTPUT_SCHEMA_ID,
     })
     # Only when the input was keyed by this same user_id is its partition the key's partition.
     partition = source.partition if routes.keep_partition and source.key == key else None
-    return OutputRecord(routes.output_topic, key, value, None, partition)
+    return OutputRecord(routes.output_topic, key, value, None, partition), level
 
 
-def dead_letter(routes: Routes, source: RawRecord, rejection: Rejection) -> OutputRecord:
-    """The original bytes, untouched, with the reason and the source position in headers."""
-    headers = [
-        (REASON_HEADER, rejection.reason.encode()),
-        (DETAIL_HEADER, rejection.detail.encode("utf-8", "replace")),
+def _source_headers(source: RawRecord) -> list[tuple[str, bytes]]:
+    return [
         (SOURCE_TOPIC_HEADER, source.topic.encode()),
         (SOURCE_PARTITION_HEADER, str(source.partition).encode()),
         (SOURCE_OFFSET_HEADER, str(source.offset).encode()),
     ]
+
+
+def filtered_record(routes: Routes, source: RawRecord, event: LoginEvent, reason: str) -> OutputRecord:
+    """A filtered event for the filtered topic: the original bytes, or in privacy mode the
+    event's fields with its ip and device_id masked; the reason in a header."""
     value = source.value
+    privacy = routes.privacy
+    if privacy:
+        value = orjson.dumps({
+            "user_id": event.user_id, "app_version": event.app_version, "device_type": event.device_type,
+            "ip": privacy.masked_ip(event.ip), "locale": event.locale,
+            "device_id": privacy.device_token(event.device_id), "timestamp": event.timestamp,
+        })
+    headers = [(FILTER_REASON_HEADER, reason.encode()), *_source_headers(source)]
+    return OutputRecord(routes.filtered_topic or "", source.key, value, headers)
+
+
+def dead_letter(routes: Routes, source: RawRecord, rejection: Rejection) -> OutputRecord:
+    """The original bytes, untouched, with the reason and the source position in headers. In
+    privacy mode the value and the detail are redacted (``Privacy.redact_value``)."""
+    value, detail = source.value, rejection.detail
+    headers = [(REASON_HEADER, rejection.reason.encode())]
+    privacy = routes.privacy
+    if privacy:
+        detail = privacy.redact_text(detail)
+        value = privacy.redact_value(value)
+        if value is None and source.value is not None:
+            headers.append((REDACTED_HEADER, b"true"))
+    headers.append((DETAIL_HEADER, detail.encode("utf-8", "replace")))
+    headers.extend(_source_headers(source))
     if value is None and source.key is None:
         value = b""  # Kafka needs a key or a value; dlq-detail says the input was null
     return OutputRecord(routes.dlq_topic, source.key, value, headers)

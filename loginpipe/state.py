@@ -18,6 +18,8 @@ import threading
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple, Protocol
 
+from loginpipe.enrich import version_parts
+
 OTHER = "(other)"
 DEFAULT_MAX_TRACKED_KEYS = 1_000_000
 DEFAULT_MAX_VALUES_PER_KEY = 32
@@ -42,7 +44,7 @@ class CountStore:
         return total
 
     def top(self, n: int) -> list[tuple[str, int]]:
-        return sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+        return sorted(self.counts.items(), key=lambda item: (-item[1], str(item[0])))[:n]
 
 
 class DistinctStore:
@@ -117,6 +119,7 @@ class Observed(Protocol):
     user_id: str
     ip: str
     device_id: str
+    epoch_s: float
 
 
 class Snapshot(NamedTuple):
@@ -128,6 +131,7 @@ class Snapshot(NamedTuple):
     distinct_ips_for_user: int
     users_on_device: int
     most_common_device_type: str
+    newest_major: int  # the newest major app version seen so far
 
 
 _new_snapshot = tuple.__new__  # builds a Snapshot without NamedTuple's Python-level __new__
@@ -144,7 +148,11 @@ class Aggregates:
         self.by_device_type = CountStore()
         self.ips_by_user = DistinctStore(max_tracked_keys, max_values_per_key)
         self.users_by_device = DistinctStore(max_tracked_keys, max_values_per_key)
+        # Logins per hour since the epoch: hourly and daily activity are derived from it. Its cap
+        # (10,000 labels) is 14 months of hours; older or stranger times count under OTHER.
+        self.by_epoch_hour = CountStore()
         self._most_common = ""
+        self.newest_major = 0
         self.events = 0
 
     def apply(self, batch: Sequence[tuple[Observed, str]]) -> list[Snapshot]:
@@ -154,22 +162,33 @@ class Aggregates:
         with self._lock:
             add_version, add_locale = self.by_version.add, self.by_locale.add
             add_ip, add_user = self.ips_by_user.add, self.users_by_device.add
+            add_hour, hours = self.by_epoch_hour.add, self.by_epoch_hour.counts
             by_device_type = self.by_device_type
-            device_counts = by_device_type.counts
-            most_common = self._most_common
+            device_counts, version_counts = by_device_type.counts, self.by_version.counts
+            most_common, newest_major = self._most_common, self.newest_major
             for event, device_type in batch:
                 device_total = by_device_type.add(device_type)
                 if device_total > device_counts.get(most_common, 0):
                     most_common = device_type
+                version = event.app_version
+                version_total = add_version(version)
+                if version_total == 1 and version in version_counts:  # a new version (not OTHER)
+                    newest_major = max(newest_major, version_parts(version)[0])
+                hour = int(event.epoch_s) // 3600
+                if hour in hours:  # nearly always: skip the call (and its cap check)
+                    hours[hour] += 1
+                else:
+                    add_hour(hour)
                 append(_new_snapshot(Snapshot, (
-                    add_version(event.app_version),
+                    version_total,
                     add_locale(event.locale),
                     device_total,
                     add_ip(event.user_id, event.ip),
                     add_user(event.device_id, event.user_id),
                     most_common,
+                    newest_major,
                 )))
-            self._most_common = most_common
+            self._most_common, self.newest_major = most_common, newest_major
             self.events += len(snapshots)
         return snapshots
 
@@ -186,4 +205,23 @@ class Aggregates:
                 "shared_devices": self.users_by_device.multi,
                 "tracked_users": len(self.ips_by_user),
                 "tracked_devices": len(self.users_by_device),
+            }
+
+    def counts(self) -> dict:
+        """A consistent copy of every count, for the summary topic."""
+        with self._lock:
+            return {
+                "events": self.events,
+                "by_device_type": dict(self.by_device_type.counts),
+                "by_app_version": dict(self.by_version.counts),
+                "by_locale": dict(self.by_locale.counts),
+                "by_epoch_hour": dict(self.by_epoch_hour.counts),
+                "most_common_device_type": self._most_common,
+                "newest_major": self.newest_major,
+                "multi_ip_users": self.ips_by_user.multi,
+                "shared_devices": self.users_by_device.multi,
+                "tracked_users": len(self.ips_by_user),
+                "tracked_devices": len(self.users_by_device),
+                "forgotten_users": self.ips_by_user.forgotten,
+                "forgotten_devices": self.users_by_device.forgotten,
             }

@@ -1,4 +1,5 @@
-"""Throughput, latency, CPU, memory and lag, recorded per batch and printed as one line.
+"""Throughput, latency, CPU, memory and lag, recorded per batch; printed as one line, and
+taken as a dict for the metrics topic (each of those two readers has its own window).
 
 Nothing here blocks: psutil's CPU figure is the non-blocking ``cpu_percent(interval=None)``
 (the share since the previous call), and process readings are cached for half a second so a
@@ -53,6 +54,7 @@ class Totals:
     dead_lettered: int = 0
     reasons: Counter = field(default_factory=Counter)
     resent: int = 0
+    risk_levels: Counter = field(default_factory=Counter)
 
     def add(self, result: BatchResult) -> None:
         self.consumed += result.consumed
@@ -60,6 +62,11 @@ class Totals:
         self.filtered += result.filtered
         self.dead_lettered += result.dead_lettered
         self.reasons.update(result.reasons)
+        self.risk_levels.update(result.risk_levels)
+
+    def copy(self) -> Totals:
+        return Totals(self.consumed, self.processed, self.filtered, self.dead_lettered,
+                      Counter(self.reasons), self.resent, Counter(self.risk_levels))
 
 
 def weighted_percentile(samples: list[tuple[float, int]], q: float) -> float:
@@ -83,12 +90,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class Window:
+    """Batches seen since a reader last took them: stats lines and the metrics topic each have one."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.consumed = 0
+        self.proc: list[tuple[float, int]] = []  # (batch processing seconds, records in it)
+        self.e2e: list[float] = []  # ms from record timestamp to processed, sampled records
+
+    def add(self, consumed: int, processing_s: float, e2e_ms: list[float]) -> None:
+        self.consumed += consumed
+        self.proc.append((processing_s, consumed))
+        self.e2e.extend(e2e_ms)
+        if len(self.e2e) > MAX_SAMPLES:  # a long interval must not grow without end
+            del self.e2e[:-MAX_SAMPLES], self.proc[:-MAX_SAMPLES]
+
+    def span(self, now: float) -> float:
+        # Two batches landing milliseconds apart would make a meaningless rate.
+        return max(now - self.start, MIN_RATE_SPAN_S)
+
+
 class Stats:
     """Counts and latencies from every worker; one lock acquisition per batch."""
 
     def __init__(self, stats_every: int = 100, interval_s: float = 0.0, out: TextIO | None = None,
                  sampler: ProcessSampler | None = None, clock: Callable[[], float] = time.monotonic,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, metrics: bool = False) -> None:
         self.stats_every = stats_every
         self.interval_s = interval_s
         self.out = out or sys.stdout
@@ -101,14 +129,9 @@ class Stats:
         self.last_record_at: float | None = None  # when the last batch was done
         self._lock = threading.Lock()
         self._lag: dict[str, int] = {}
-        self._reset_interval(self.started)
+        self._window = Window(self.started)  # for stats lines
+        self._metrics = Window(self.started) if metrics else None  # for metrics()
         self._next_line_at = stats_every
-
-    def _reset_interval(self, now: float) -> None:
-        self._interval_start = now
-        self._interval_consumed = 0
-        self._proc: list[tuple[float, int]] = []  # (batch processing seconds, records in it)
-        self._e2e: list[float] = []  # ms from record timestamp to processed, per record
 
     def record(self, result: BatchResult, processing_s: float, e2e_ms: list[float]) -> None:
         """Add one batch; print a line when ``stats_every`` messages have passed."""
@@ -116,15 +139,16 @@ class Stats:
         with self._lock:
             if self.first_batch_at is None:
                 self.first_batch_at = now - processing_s
-                self._interval_start = self.first_batch_at  # "now" rates leave out the group join
+                # "now" rates leave out the group join
+                self._window.start = self.first_batch_at
+                if self._metrics:
+                    self._metrics.start = self.first_batch_at
             self.totals.add(result)
             self.last_record_at = now
-            self._interval_consumed += result.consumed
-            if self.enabled:  # samples only feed stats lines; --quiet keeps none
-                self._proc.append((processing_s, result.consumed))
-                self._e2e.extend(e2e_ms)
-                if len(self._e2e) > MAX_SAMPLES:  # a long --stats-interval must not grow without end
-                    del self._e2e[:-MAX_SAMPLES], self._proc[:-MAX_SAMPLES]
+            if self.enabled:  # --quiet keeps no samples for lines
+                self._window.add(result.consumed, processing_s, e2e_ms)
+            if self._metrics:
+                self._metrics.add(result.consumed, processing_s, e2e_ms)
             due = (self.enabled and self.interval_s <= 0
                    and self.totals.consumed >= self._next_line_at)
             if due:
@@ -139,10 +163,49 @@ class Stats:
             return
         now = self.clock()
         with self._lock:
-            if now - self._interval_start < self.interval_s:
+            if now - self._window.start < self.interval_s:
                 return
             line = self._line(now)
         print(line, file=self.out, flush=True)
+
+    def totals_copy(self) -> Totals:
+        with self._lock:
+            return self.totals.copy()
+
+    def metrics(self) -> dict:
+        """The pipeline's health since the previous call, for the metrics topic; starts a new window."""
+        now = self.clock()
+        with self._lock:
+            window, t = self._metrics or Window(now), self.totals
+            if self._metrics:
+                self._metrics = Window(now)
+            totals = (t.consumed, t.processed, t.filtered, t.dead_lettered, t.resent)
+        span = window.span(now)
+        sizes = [n for _, n in window.proc]
+        cpu, rss, mem = self.sampler.read()
+        consumed, processed, filtered, dead_lettered, resent = totals
+        return {
+            "interval_s": round(span, 3),
+            "messages_per_second": round(window.consumed / span, 1),
+            "consumed_total": consumed,
+            "processed_total": processed,
+            "filtered_total": filtered,
+            "dead_lettered_total": dead_lettered,
+            "resent_total": resent,
+            "consumer_lag": self.lag(),
+            "batches": len(sizes),
+            "batch_size_avg": round(sum(sizes) / len(sizes), 1) if sizes else 0.0,
+            "batch_size_max": max(sizes, default=0),
+            "processing_ms_avg": round(1000 * sum(s * n for s, n in window.proc) / max(1, sum(sizes)), 3),
+            "processing_ms_p99": round(1000 * weighted_percentile(window.proc, 0.99), 3),
+            "end_to_end_ms_p50": round(percentile(window.e2e, 0.50), 1),
+            "end_to_end_ms_p95": round(percentile(window.e2e, 0.95), 1),
+            "end_to_end_ms_p99": round(percentile(window.e2e, 0.99), 1),
+            "end_to_end_ms_max": round(max(window.e2e, default=0.0), 1),
+            "cpu_percent": cpu,
+            "rss_bytes": rss,
+            "system_memory_percent": mem,
+        }
 
     def count_resend(self, n: int) -> None:
         with self._lock:
@@ -156,21 +219,20 @@ class Stats:
 
     def _line(self, now: float) -> str:
         """Format the current line and start a new interval; the caller holds the lock."""
-        t = self.totals
-        # Two batches landing milliseconds apart would make a meaningless "now" rate.
-        span = max(now - self._interval_start, MIN_RATE_SPAN_S)
+        t, window = self.totals, self._window
+        span = window.span(now)
         overall = t.consumed / max(now - self.started, 1e-9)
-        proc_total = sum(w for _, w in self._proc) or 1
-        proc_avg_ms = 1000 * sum(s * w for s, w in self._proc) / proc_total
-        proc_p99_ms = 1000 * weighted_percentile(self._proc, 0.99)
-        e2e_p99 = percentile(self._e2e, 0.99)
+        proc_total = sum(w for _, w in window.proc) or 1
+        proc_avg_ms = 1000 * sum(s * w for s, w in window.proc) / proc_total
+        proc_p99_ms = 1000 * weighted_percentile(window.proc, 0.99)
+        e2e_p99 = percentile(window.e2e, 0.99)
         cpu, rss, mem = self.sampler.read()
-        line = (f"[stats] {t.consumed:,} msgs | {self._interval_consumed / span:,.0f} msg/s now, "
+        line = (f"[stats] {t.consumed:,} msgs | {window.consumed / span:,.0f} msg/s now, "
                 f"{overall:,.0f} avg | latency avg {proc_avg_ms:.2f} ms p99 {proc_p99_ms:.2f} ms, "
                 f"e2e p99 {e2e_p99:,.0f} ms | cpu {cpu:.0f}% rss {rss / 2**20:,.0f} MiB mem {mem:.0f}% | "
                 f"processed {t.processed:,} filtered {t.filtered:,} dlq {t.dead_lettered:,} | "
                 f"lag {self.lag():,}")
-        self._reset_interval(now)
+        self._window = Window(now)
         return line
 
     def elapsed(self) -> float:

@@ -9,6 +9,9 @@ from loginpipe.errors import UserError
 INPUT_TOPIC = "user-login"
 OUTPUT_TOPIC = "processed-user-login"
 DLQ_TOPIC = "user-login-dlq"
+FILTERED_TOPIC = "user-login-filtered"
+SUMMARY_TOPIC = "user-login-summary"
+METRICS_TOPIC = "pipeline-metrics"
 DEFAULT_PARTITIONS = 4
 
 
@@ -27,6 +30,14 @@ TOPICS: tuple[TopicSpec, ...] = (
               configs={"compression.type": "producer"}),
     TopicSpec(DLQ_TOPIC, "rejected input: original bytes, reason in headers",
               configs={"retention.ms": str(14 * 24 * 3600 * 1000)}),
+    TopicSpec(FILTERED_TOPIC, "valid events filtered out (--filtered-topic), reason in a header",
+              configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),
+    # Compacted: only the latest snapshot per pipeline instance matters. One partition keeps
+    # every snapshot in order for a reader.
+    TopicSpec(SUMMARY_TOPIC, "aggregation snapshots, keyed by pipeline instance (latest wins)",
+              partitions=1, configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}),
+    TopicSpec(METRICS_TOPIC, "the pipeline's own health every few seconds",
+              partitions=1, configs={"retention.ms": str(24 * 3600 * 1000)}),
 )
 
 

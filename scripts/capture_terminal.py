@@ -153,6 +153,7 @@ def capture(output: Path) -> Path:
     try:
         created = True  # even a half-done creation is cleaned up (deleting a missing topic is a no-op)
         ensure_topics(bootstrap, [TopicSpec(name, "capture") for name in topics.values()])
+        ensure_topics(bootstrap)  # the default summary and metrics topics, as create_kafka_topic.py does
         print(f"topics {', '.join(topics.values())} created; consumer group {group}", flush=True)
 
         # PS1 goes on the command line: tmux does not hand it down from its own environment.

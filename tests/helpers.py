@@ -67,21 +67,37 @@ def run_cli(*args: str, timeout_s: float = 60.0, env: dict[str, str] | None = No
 
 @dataclass(frozen=True)
 class PipelineTopics:
+    """A test's own topics, so that tests never see each other's records on a shared broker."""
+
     input: str
     output: str
     dlq: str
+    filtered: str
+    summary: str
+    metrics: str
 
     @property
     def names(self) -> list[str]:
-        return [self.input, self.output, self.dlq]
+        return [self.input, self.output, self.dlq, self.filtered, self.summary, self.metrics]
 
-    def flags(self) -> list[str]:
-        return ["--input-topic", self.input, "--output-topic", self.output, "--dlq-topic", self.dlq]
+    def flags(self, filtered: bool = False) -> list[str]:
+        flags = ["--input-topic", self.input, "--output-topic", self.output, "--dlq-topic", self.dlq,
+                 "--summary-topic", self.summary, "--metrics-topic", self.metrics]
+        return [*flags, "--filtered-topic", self.filtered] if filtered else flags
+
+    def config(self, filtered: bool = False) -> dict:
+        """The same, as PipelineConfig fields."""
+        return {"input_topic": self.input, "output_topic": self.output, "dlq_topic": self.dlq,
+                "summary_topic": self.summary, "metrics_topic": self.metrics,
+                "filtered_topic": self.filtered if filtered else None}
 
 
 def create_pipeline_topics(bootstrap: str, topic_name, partitions: int = 4) -> PipelineTopics:
-    topics = PipelineTopics(topic_name("in"), topic_name("out"), topic_name("dlq"))
-    ensure_topics(bootstrap, [TopicSpec(name, "test") for name in topics.names], partitions=partitions)
+    topics = PipelineTopics(*(topic_name(base) for base in ("in", "out", "dlq", "filtered", "summary",
+                                                            "metrics")))
+    specs = [TopicSpec(name, "test") for name in topics.names[:4]]
+    specs += [TopicSpec(topics.summary, "test", 1), TopicSpec(topics.metrics, "test", 1)]
+    ensure_topics(bootstrap, specs, partitions=partitions)
     return topics
 
 
@@ -104,11 +120,10 @@ def generated(n: int, seed: int, bad_ratio: float = 0.05, users: int = 2000) -> 
 
 
 def run_pipeline(bootstrap: str, topics: PipelineTopics, group: str, idle_s: float = 3.0,
-                 **overrides) -> RunResult:
+                 filtered: bool = False, **overrides) -> RunResult:
     """Run the pipeline in this process until it has been idle for ``idle_s``."""
-    config = PipelineConfig(bootstrap_servers=bootstrap, input_topic=topics.input,
-                            output_topic=topics.output, dlq_topic=topics.dlq, group_id=group,
-                            stop_when_idle_s=idle_s, quiet=True, **overrides)
+    config = PipelineConfig(bootstrap_servers=bootstrap, group_id=group, stop_when_idle_s=idle_s,
+                            quiet=True, **{**topics.config(filtered), **overrides})
     return Application(config, out=io.StringIO(), err=io.StringIO()).run(install_signals=False)
 
 
@@ -122,13 +137,14 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 
 
 def start_consumer(reaper: list, bootstrap: str, topics: PipelineTopics, group: str, log_dir: Path,
-                   name: str, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+                   name: str, *extra: str, env: dict[str, str] | None = None
+                   ) -> tuple[subprocess.Popen, Path, Path]:
     """create_kafka_consumer.py as a real process (added to ``reaper``), with its stdout and stderr."""
     out, err = log_dir / f"{name}.out", log_dir / f"{name}.err"
     proc = subprocess.Popen(
         [sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bootstrap, "--group-id", group,
          *topics.flags(), *extra],
-        cwd=ROOT, stdout=out.open("w"), stderr=err.open("w"), text=True,
+        cwd=ROOT, stdout=out.open("w"), stderr=err.open("w"), text=True, env={**os.environ, **(env or {})},
     )
     reaper.append(proc)
     return proc, out, err

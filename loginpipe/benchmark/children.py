@@ -334,6 +334,9 @@ _LOCALES = ("CA", "NY", "TX", "FL", "WA", "GB", "DE")
 _DEVICE_TYPES = ("android", "ios")
 
 
+_EPOCH_S = 1_795_000_000.0
+
+
 def synthetic_observations(count: int, rng) -> list[tuple[SimpleNamespace, str]]:
     """``count`` (event, device type) pairs of distinct users, each with its own device and IP."""
     batch = []
@@ -346,6 +349,7 @@ def synthetic_observations(count: int, rng) -> list[tuple[SimpleNamespace, str]]
             user_id=f"{user[:8]}-{user[8:12]}-4{user[13:16]}-a{user[17:20]}-{user[20:]}",
             ip=f"{(ip >> 24) % 223 + 1}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}",
             device_id=f"{device[:8]}-{device[8:12]}-4{device[13:16]}-b{device[17:20]}-{device[20:]}",
+            epoch_s=_EPOCH_S + i % 3600,  # an hour of logins, as a live stream has
         )
         batch.append((event, _DEVICE_TYPES[i & 1]))
     return batch

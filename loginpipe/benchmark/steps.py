@@ -221,6 +221,15 @@ def step_pass_through(bench: Bench, topic: str, client: str) -> dict | None:
     return row
 
 
+def snapshot_topic_flags(bench: Bench, suffix: str) -> list[str]:
+    """The run's own summary and metrics topics: the pipeline publishes both by default, and a
+    benchmark measures the pipeline as users run it."""
+    summary, metrics = bench.name(f"{suffix}-summary"), bench.name(f"{suffix}-metrics")
+    bench.create_topics(TopicSpec(summary, "benchmark summary", partitions=1),
+                        TopicSpec(metrics, "benchmark metrics", partitions=1))
+    return ["--summary-topic", summary, "--metrics-topic", metrics]
+
+
 def step_pipeline(bench: Bench, topic: str, threads: int) -> dict:
     args = bench.args
     bench.announce(f"the pipeline, --threads {threads}")
@@ -229,6 +238,7 @@ def step_pipeline(bench: Bench, topic: str, threads: int) -> dict:
                         TopicSpec(dlq, "benchmark dead letters"))
     cmd = [sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bench.bootstrap,
            "--input-topic", topic, "--output-topic", out, "--dlq-topic", dlq,
+           *snapshot_topic_flags(bench, f"t{threads}"),
            "--group-id", bench.group(f"t{threads}"), "--threads", str(threads),
            "--stop-when-idle", "2", "--quiet"]
     row = python_run(bench, f"pipeline, {threads} thread{'s' if threads > 1 else ''}", "pipeline",
@@ -353,7 +363,7 @@ def _start_latency_pipeline(bench: Bench, src: str, out: str, dlq: str,
     pipeline = Child("latency pipeline", [
         sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bench.bootstrap,
         "--input-topic", src, "--output-topic", out, "--dlq-topic", dlq, "--group-id", group,
-        "--threads", str(threads), "--quiet"], bench.log_dir)
+        *snapshot_topic_flags(bench, "latency"), "--threads", str(threads), "--quiet"], bench.log_dir)
     join = wait_group_settled(bench.bootstrap, group, threads, pipeline, 90.0, GROUP_SETTLE_S)
     say(f"      pipeline group first Stable after {join.first_stable_s:.2f}s, left Stable {join.left_stable} "
         f"time(s), Stable for {GROUP_SETTLE_S:g}s on end after {join.seconds:.2f}s; producing")

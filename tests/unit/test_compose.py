@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CONSUMER_SCRIPT = "create_kafka_consumer.py"
 BROKER_SERVICE = "kafka"
-# How the code declares an environment variable: add_env_argument("--flag", env="NAME", ...).
-ENV_DECLARATION = re.compile(r"""\benv\s*=\s*["']([A-Z][A-Z0-9_]*)["']""")
+# How the code declares an environment variable: add_env_argument("--flag", env="NAME", ...), or,
+# for one read without a flag (a secret), a module constant SOMETHING_ENV = "NAME".
+ENV_DECLARATION = re.compile(r"""(?:\benv|_ENV)\s*=\s*["']([A-Z][A-Z0-9_]*)["']""")
 # Set for the interpreter, not read by our code.
 INTERPRETER_ENV = {"PYTHONUNBUFFERED"}
 DEPENDENCY_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -90,7 +91,7 @@ def command_words(service: dict) -> list[str]:
 
 
 def env_names_in_code() -> set[str]:
-    """Every NAME declared as env="NAME" in loginpipe/ or in a top-level script."""
+    """Every NAME declared as env="NAME" or X_ENV = "NAME" in loginpipe/ or a top-level script."""
     sources = [*(ROOT / "loginpipe").rglob("*.py"), *ROOT.glob("*.py")]
     names: set[str] = set()
     for source in sources:

@@ -6,20 +6,16 @@ from collections import defaultdict
 
 import orjson
 
+from loginpipe import contracts
 from loginpipe.events import RawRecord
 from loginpipe.generator import GOOD, EventGenerator
-from loginpipe.pipeline import process_batch
+from loginpipe.pipeline import Topology, process_batch
 from loginpipe.route import REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, Routes
 from loginpipe.state import Aggregates
 
 NOW = 1_700_000_000.0
-ROUTES = Routes("out", "dlq")
-OUTPUT_FIELDS = {
-    "user_id", "app_version", "device_type", "ip", "locale", "device_id", "timestamp", "login_time",
-    "total_logins_for_version", "total_logins_from_locale", "total_logins_for_device_type",
-    "distinct_ips_for_user", "multi_ip_user", "users_on_device", "shared_device",
-    "most_common_device_type", "source_partition", "source_offset",
-}
+ROUTES = Topology(Routes("out", "dlq"))
+OUTPUT_FIELDS = set(contracts.load(contracts.OUTPUT_SCHEMA)["properties"])
 
 
 def raw(value: bytes | None, offset: int = 0, partition: int = 0, key: bytes | None = b"k") -> RawRecord:
@@ -114,7 +110,7 @@ def test_a_null_record_is_dead_lettered_with_something_kafka_accepts() -> None:
 
 
 def test_output_partition_is_the_input_one_only_when_keyed_by_the_same_user() -> None:
-    keep = Routes("out", "dlq", keep_partition=True)
+    keep = Topology(Routes("out", "dlq", keep_partition=True))
     same_key, other_key = raw(event(), 1, partition=3, key=b"u1"), raw(event(), 2, partition=3, key=b"x")
     outputs = process_batch([same_key, other_key], Aggregates(), keep, NOW).outputs
     assert [o.partition for o in outputs] == [3, None]

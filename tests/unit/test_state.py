@@ -8,9 +8,11 @@ from types import SimpleNamespace
 from loginpipe.state import OTHER, Aggregates, CountStore, DistinctStore
 
 
-def obs(user="u1", ip="1.1.1.1", device="d1", version="2.3.0", locale="CA", device_type="ios"):
+def obs(user="u1", ip="1.1.1.1", device="d1", version="2.3.0", locale="CA", device_type="ios",
+        epoch_s=1_700_000_000.0):
     """One (event, normalized device type) pair as Aggregates.apply takes them."""
-    event = SimpleNamespace(app_version=version, locale=locale, user_id=user, ip=ip, device_id=device)
+    event = SimpleNamespace(app_version=version, locale=locale, user_id=user, ip=ip, device_id=device,
+                            epoch_s=epoch_s)
     return event, device_type
 
 
@@ -87,3 +89,22 @@ def test_concurrent_batches_lose_no_counts() -> None:
         thread.join()
     assert agg.by_version.counts["2.3.0"] == 4 * 50 * 100
     assert agg.users_by_device.count("d7") == 32  # saturated at the per-key cap
+
+
+def test_newest_major_follows_the_versions_seen_so_far() -> None:
+    state = Aggregates()
+    snapshots = state.apply([obs(version="2.3.0"), obs(version="10.0.1"), obs(version="3.1.0")])
+    assert [s.newest_major for s in snapshots] == [2, 10, 10]
+
+
+def test_newest_major_ignores_versions_counted_as_other() -> None:
+    state = Aggregates()
+    state.by_version.max_labels = 1
+    snapshots = state.apply([obs(version="2.3.0"), obs(version="9.0.0")])
+    assert [s.newest_major for s in snapshots] == [2, 2]
+
+
+def test_logins_are_counted_per_hour_since_the_epoch() -> None:
+    state = Aggregates()
+    state.apply([obs(epoch_s=3600 * 10 + 5), obs(epoch_s=3600 * 10 + 3599), obs(epoch_s=3600 * 11)])
+    assert state.counts()["by_epoch_hour"] == {10: 2, 11: 1}
