@@ -4,13 +4,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench image lint kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
+.PHONY: run test bench image lint dashboard chromium kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
 
 run: $(STAMP) kafka-fetch          ## broker + topics + generator + consumer; Ctrl+C stops it
 	$(PY) -m loginpipe.stack
 
-test: $(STAMP) kafka-fetch         ## unit + integration tests against a real local broker
+test: $(STAMP) kafka-fetch chromium  ## unit + integration tests against a real local broker
 	$(PY) -m pytest
+
+dashboard: $(STAMP)                ## the live dashboard on http://localhost:8501 (reads the local broker)
+	$(PY) -m loginpipe.dashboard
+
+chromium:                          ## Debian's chromium, for the dashboard's browser test
+	@scripts/ensure_chromium.sh
 
 bench: $(STAMP) kafka-fetch        ## throughput, latency and memory benchmark; results in bench-results/
 	$(PY) -m loginpipe.benchmark
@@ -21,7 +27,7 @@ image: $(STAMP) kafka-fetch        ## remakes image.png from a real run of the c
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dashboard.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt

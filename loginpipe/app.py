@@ -16,7 +16,6 @@ import gc
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -33,11 +32,13 @@ from loginpipe.delivery import Sender
 from loginpipe.errors import UserError
 from loginpipe.filters import FilterRules
 from loginpipe.pipeline import Topology, process_batch
+from loginpipe.prometheus import Exporter
 from loginpipe.publish import Publisher
 from loginpipe.route import Routes
 from loginpipe.state import Aggregates
 from loginpipe.stats import Stats, Totals, format_summary
 from loginpipe.topics import admin_client
+from loginpipe.waiting import any_reachable
 
 POLL_TIMEOUT_MS = 200
 LAG_EVERY_S = 1.0
@@ -90,12 +91,15 @@ class Application:
         self.producer = None
         self.sender: Sender | None = None
         self.publisher: Publisher | None = None
+        self.exporter: Exporter | None = None
         self._interrupts = 0
 
     def run(self, install_signals: bool = True) -> RunResult:
         """Run until stopped (signal, idle timeout or a worker failure); return the totals."""
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # broker trouble is reported by us
         self._check_topics()
+        if self.config.metrics_port:
+            self.exporter = self._make_exporter()  # first: a taken port fails before any client exists
         self.producer = self._make_producer()
         self.sender = Sender(self.producer, self.warn)
         self.publisher = Publisher(self.config, self.state, self.stats, self.producer, self.warn)
@@ -119,6 +123,8 @@ class Application:
             self.publisher.publish_metrics()
             self.sender.flush(timeout_s=30.0)
             self.producer.close(timeout=10)
+            if self.exporter:
+                self.exporter.close()
         result = RunResult(self.stats.totals, self.state.summary(), self.stats.elapsed(),
                            self.stats.busy(), self.failure is not None)
         print(format_summary(result.totals, result.elapsed_s, result.aggregates, result.busy_s),
@@ -171,7 +177,7 @@ class Application:
 
     def _check_health(self, now: float, down_since: float | None) -> float | None:
         """Warn while no bootstrap server accepts connections; say when one does again."""
-        if _any_reachable(self.config.bootstrap_servers):
+        if any_reachable(self.config.bootstrap_servers):
             if down_since is not None:
                 self.warn(f"broker at {self.config.bootstrap_servers} is reachable again after "
                           f"{now - down_since:.0f}s; resuming")
@@ -199,6 +205,16 @@ class Application:
         same = found[self.config.input_topic] == found[self.config.output_topic]
         routes = dataclasses.replace(self.topology.routes, keep_partition=same)
         self.topology = dataclasses.replace(self.topology, routes=routes)
+
+    def _make_exporter(self) -> Exporter:
+        state = self.state
+        exporter = Exporter(lag=self.stats.lag, tracked_users=lambda: len(state.ips_by_user),
+                            tracked_devices=lambda: len(state.users_by_device))
+        exporter.serve(self.config.metrics_port)
+        if not self.config.quiet:
+            print(f"Prometheus metrics at http://localhost:{self.config.metrics_port}/metrics",
+                  file=self.out, flush=True)
+        return exporter
 
     def _make_producer(self):
         return KafkaProducer(
@@ -330,7 +346,10 @@ class Worker(threading.Thread):
             self._show(result.outputs)
         done_ms = time.time() * 1000
         sampled = records[::max(1, len(records) // E2E_SAMPLES_PER_BATCH)]
-        app.stats.record(result, time.perf_counter() - started, [done_ms - r.timestamp for r in sampled])
+        elapsed = time.perf_counter() - started
+        app.stats.record(result, elapsed, [done_ms - r.timestamp for r in sampled])
+        if app.exporter:
+            app.exporter.record(result, elapsed)
 
     def _show(self, outputs) -> None:
         topic = self.app.topology.routes.output_topic
@@ -368,17 +387,6 @@ def tune_gc() -> None:
     in the benchmark, and the pipeline makes few cycles (README, Performance)."""
     gc.freeze()  # what exists at start-up (modules, clients) is never garbage: skip it from now on
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
-
-
-def _any_reachable(bootstrap_servers: str, timeout_s: float = 1.0) -> bool:
-    for server in bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,6 +146,7 @@ class PipelineConfig:
     summary_interval_s: float = 5.0
     metrics_topic: str | None = METRICS_TOPIC
     metrics_interval_s: float = 5.0
+    metrics_port: int | None = None  # None: no Prometheus endpoint
 
 
 def build_pipeline_parser() -> EnvArgumentParser:
@@ -205,6 +206,8 @@ def build_pipeline_parser() -> EnvArgumentParser:
         help="publish the pipeline's health here ('none': off)")
     add("--metrics-interval", env="METRICS_INTERVAL", type=positive_float,
         default=defaults.metrics_interval_s, help="every S seconds")
+    add("--metrics-port", env="METRICS_PORT", type=positive_int, default=None,
+        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (unset: off)")
     return parser
 
 
@@ -235,4 +238,5 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
         filtered_topic=args.filtered_topic, summary_topic=args.summary_topic,
         summary_every=args.summary_every, summary_interval_s=args.summary_interval,
         metrics_topic=args.metrics_topic, metrics_interval_s=args.metrics_interval,
+        metrics_port=args.metrics_port,
     )

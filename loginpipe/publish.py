@@ -64,7 +64,7 @@ class Publisher:
         counts = self.state.counts()
         value = build_summary(counts, totals, instance=self.instance, group_id=config.group_id,
                               input_topic=config.input_topic, started_at=self.started_at,
-                              now=self.wall_clock(), final=final)
+                              now=self.wall_clock(), final=final, privacy=config.privacy)
         self._send(config.summary_topic, value, "summary")
         self._summary_at, self._summary_processed = self.clock(), totals.processed
 

@@ -1,8 +1,9 @@
 """`make run`: the whole pipeline on one machine, in the foreground.
 
 Starts the local broker (unless --bootstrap-servers points elsewhere), creates the topics,
-starts the event generator in the background and the consumer in the foreground. Ctrl+C stops
-both cleanly; the broker keeps running for the next run (`make kafka-stop` stops it).
+starts the event generator and the dashboard in the background and the consumer in the
+foreground. Ctrl+C stops them all cleanly; the broker keeps running for the next run
+(`make kafka-stop` stops it).
 Flags not listed here are the consumer's (see `python create_kafka_consumer.py --help`).
 """
 
@@ -12,7 +13,7 @@ import subprocess
 import sys
 
 from loginpipe.app import Application, tune_gc
-from loginpipe.broker import LocalBroker
+from loginpipe.broker import LocalBroker, port_is_free
 from loginpipe.config import (
     DEFAULT_BOOTSTRAP,
     EnvArgumentParser,
@@ -30,7 +31,27 @@ def build_parser() -> EnvArgumentParser:
     parser.add_argument("-h", "--help", action="store_true", help="show this help and the consumer's")
     parser.add_env_argument("--rate", env="GENERATOR_RATE", type=non_negative_float, default=1000.0,
                             help="generator events per second (0: no generator)")
+    parser.add_env_argument("--dashboard-port", env="DASHBOARD_PORT", type=int, default=8501,
+                            help="serve the live dashboard on this port (0: no dashboard)")
     return parser
+
+
+def start_dashboard(config, port: int) -> subprocess.Popen | None:
+    """The dashboard in the background, on ``port`` unless it is 0 or taken."""
+    if port <= 0:
+        return None
+    if not port_is_free(port):
+        print(f"dashboard: port {port} is taken; not started (--dashboard-port sets another)", flush=True)
+        return None
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "loginpipe.dashboard", "--bootstrap-servers", config.bootstrap_servers,
+         "--port", str(port), "--group-id", config.group_id,
+         *(["--summary-topic", config.summary_topic] if config.summary_topic else []),
+         *(["--metrics-topic", config.metrics_topic] if config.metrics_topic else []),
+         "--output-topic", config.output_topic],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"dashboard: http://localhost:{port}/ (pid {dashboard.pid})", flush=True)
+    return dashboard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,13 +74,15 @@ def main(argv: list[str] | None = None) -> int:
             "--topic", config.input_topic, "--rate", str(args.rate), "--progress-every", "30",
         ])
         print(f"generator: started (pid {generator.pid}), {args.rate:g} events/s", flush=True)
+    dashboard = start_dashboard(config, args.dashboard_port)
     tune_gc()
     try:
         result = Application(config).run()
     finally:
-        if generator is not None:
-            generator.terminate()  # it also got the terminal's Ctrl+C; this covers other endings
-            generator.wait(timeout=30)
+        for child in (generator, dashboard):
+            if child is not None:
+                child.terminate()  # it also got the terminal's Ctrl+C; this covers other endings
+                child.wait(timeout=30)
     if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
         print("the local broker is still running; `make kafka-stop` stops it", flush=True)
     return 1 if result.failed else 0

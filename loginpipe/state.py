@@ -24,6 +24,8 @@ OTHER = "(other)"
 DEFAULT_MAX_TRACKED_KEYS = 1_000_000
 DEFAULT_MAX_VALUES_PER_KEY = 32
 DEFAULT_MAX_LABELS = 10_000
+DEFAULT_LEADERS = 100
+TOP_LISTED = 10  # leaders in a summary snapshot
 _HASH_BITS = (1 << 60) - 1  # two 30-bit digits: the largest int CPython stores in 32 bytes
 
 
@@ -111,6 +113,29 @@ class DistinctStore:
         self._current = {}
 
 
+class Leaders:
+    """The ``size`` keys with the highest counts, by name: the top multi-IP users and shared
+    devices a dashboard lists (DistinctStore keeps only hashes). Bounded: a key enters only
+    when the list has room or its count beats the smallest one, which it then replaces."""
+
+    def __init__(self, size: int = DEFAULT_LEADERS) -> None:
+        self.size = size
+        self.counts: dict[str, int] = {}
+        self._floor = 0  # when full: no kept count is below it
+
+    def offer(self, key: str, count: int) -> None:
+        counts = self.counts
+        if key in counts or len(counts) < self.size:
+            counts[key] = count
+        elif count > self._floor:
+            del counts[min(counts, key=counts.__getitem__)]
+            counts[key] = count
+            self._floor = min(counts.values())
+
+    def top(self, n: int) -> list[tuple[str, int]]:
+        return sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+
 class Observed(Protocol):
     """What the aggregations read from an event (``events.LoginEvent`` has these)."""
 
@@ -151,6 +176,8 @@ class Aggregates:
         # Logins per hour since the epoch: hourly and daily activity are derived from it. Its cap
         # (10,000 labels) is 14 months of hours; older or stranger times count under OTHER.
         self.by_epoch_hour = CountStore()
+        self.top_multi_ip_users = Leaders()
+        self.top_shared_devices = Leaders()
         self._most_common = ""
         self.newest_major = 0
         self.events = 0
@@ -162,6 +189,7 @@ class Aggregates:
         with self._lock:
             add_version, add_locale = self.by_version.add, self.by_locale.add
             add_ip, add_user = self.ips_by_user.add, self.users_by_device.add
+            offer_user, offer_device = self.top_multi_ip_users.offer, self.top_shared_devices.offer
             add_hour, hours = self.by_epoch_hour.add, self.by_epoch_hour.counts
             by_device_type = self.by_device_type
             device_counts, version_counts = by_device_type.counts, self.by_version.counts
@@ -179,12 +207,18 @@ class Aggregates:
                     hours[hour] += 1
                 else:
                     add_hour(hour)
+                ips = add_ip(event.user_id, event.ip)
+                if ips > 1:
+                    offer_user(event.user_id, ips)
+                users = add_user(event.device_id, event.user_id)
+                if users > 1:
+                    offer_device(event.device_id, users)
                 append(_new_snapshot(Snapshot, (
                     version_total,
                     add_locale(event.locale),
                     device_total,
-                    add_ip(event.user_id, event.ip),
-                    add_user(event.device_id, event.user_id),
+                    ips,
+                    users,
                     most_common,
                     newest_major,
                 )))
@@ -224,4 +258,6 @@ class Aggregates:
                 "tracked_devices": len(self.users_by_device),
                 "forgotten_users": self.ips_by_user.forgotten,
                 "forgotten_devices": self.users_by_device.forgotten,
+                "top_multi_ip_users": self.top_multi_ip_users.top(TOP_LISTED),
+                "top_shared_devices": self.top_shared_devices.top(TOP_LISTED),
             }

@@ -12,6 +12,7 @@ from collections import Counter
 
 from loginpipe.enrich import DAYS, locale_region
 from loginpipe.events import REASONS as DEAD_LETTER_REASONS
+from loginpipe.privacy import Privacy
 from loginpipe.regions import REGIONS
 from loginpipe.risk import LEVELS
 from loginpipe.state import OTHER
@@ -58,8 +59,13 @@ def regions(by_locale: dict) -> dict:
 
 
 def build_summary(counts: dict, totals: Totals, *, instance: str, group_id: str, input_topic: str,
-                  started_at: float, now: float, final: bool = False) -> dict:
-    """The summary record's value. ``counts`` is ``Aggregates.counts()``; ``totals`` a copy."""
+                  started_at: float, now: float, final: bool = False,
+                  privacy: Privacy | None = None) -> dict:
+    """The summary record's value. ``counts`` is ``Aggregates.counts()``; ``totals`` a copy. In
+    privacy mode the listed devices are named by their tokens, as in the output records."""
+    devices = counts["top_shared_devices"]
+    if privacy:
+        devices = [(privacy.device_token(device), n) for device, n in devices]
     dead = {r: n for r, n in totals.reasons.items() if r in DEAD_LETTER_REASONS}
     filtered = {r: n for r, n in totals.reasons.items() if r not in DEAD_LETTER_REASONS}
     return {
@@ -86,6 +92,9 @@ def build_summary(counts: dict, totals: Totals, *, instance: str, group_id: str,
         "newest_app_major": counts["newest_major"],
         "multi_ip_users": counts["multi_ip_users"],
         "shared_devices": counts["shared_devices"],
+        "top_multi_ip_users": [{"user_id": user, "distinct_ips": n}
+                               for user, n in counts["top_multi_ip_users"]],
+        "top_shared_devices": [{"device_id": device, "users": n} for device, n in devices],
         "tracked_users": counts["tracked_users"],
         "tracked_devices": counts["tracked_devices"],
         "aggregated_events": counts["events"],

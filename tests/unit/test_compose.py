@@ -24,6 +24,13 @@ BROKER_SERVICE = "kafka"
 # How the code declares an environment variable: add_env_argument("--flag", env="NAME", ...), or,
 # for one read without a flag (a secret), a module constant SOMETHING_ENV = "NAME".
 ENV_DECLARATION = re.compile(r"""(?:\benv|_ENV)\s*=\s*["']([A-Z][A-Z0-9_]*)["']""")
+# The settings each third-party image reads (environment variable prefixes).
+IMAGE_SETTINGS = {
+    "apache/kafka": ("KAFKA_", "CLUSTER_ID"),  # Kafka properties, plus the KRaft cluster id
+    "grafana/grafana": ("GF_",),
+    "obsidiandynamics/kafdrop": ("KAFKA_BROKERCONNECT", "JVM_OPTS", "SERVER_"),
+    "prom/prometheus": (),
+}
 # Set for the interpreter, not read by our code.
 INTERPRETER_ENV = {"PYTHONUNBUFFERED"}
 DEPENDENCY_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -194,9 +201,11 @@ def test_env_names_are_read_by_the_code(services: dict, name: str) -> None:
     service = services[name]
     names = set(environment(service))
     if "build" not in service:
-        # The broker image's own settings: Kafka properties, plus the KRaft cluster id.
-        unknown = {n for n in names if not n.startswith("KAFKA_") and n != "CLUSTER_ID"}
-        assert not unknown, f"{name}: not broker settings: {sorted(unknown)}"
+        # A third-party image's own settings, by the prefixes that image reads.
+        image = service["image"].split(":")[0]
+        assert image in IMAGE_SETTINGS, f"{name}: unknown image {image}"
+        unknown = {n for n in names if not n.startswith(IMAGE_SETTINGS[image])}
+        assert not unknown, f"{name}: not {image} settings: {sorted(unknown)}"
         return
     if CONSUMER_SCRIPT in command_words(service) and not (ROOT / CONSUMER_SCRIPT).exists():
         pytest.skip(f"{CONSUMER_SCRIPT} is not written yet")

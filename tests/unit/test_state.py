@@ -108,3 +108,22 @@ def test_logins_are_counted_per_hour_since_the_epoch() -> None:
     state = Aggregates()
     state.apply([obs(epoch_s=3600 * 10 + 5), obs(epoch_s=3600 * 10 + 3599), obs(epoch_s=3600 * 11)])
     assert state.counts()["by_epoch_hour"] == {10: 2, 11: 1}
+
+
+def test_leaders_keep_the_largest_counts_by_name() -> None:
+    from loginpipe.state import Leaders
+
+    leaders = Leaders(size=3)
+    for key, count in [("a", 2), ("b", 3), ("c", 2), ("d", 1), ("e", 5), ("a", 4), ("f", 2)]:
+        leaders.offer(key, count)
+    assert leaders.top(3) == [("e", 5), ("a", 4), ("b", 3)]
+    assert len(leaders.counts) == 3
+
+
+def test_top_multi_ip_users_and_shared_devices_are_named() -> None:
+    state = Aggregates()
+    state.apply([obs(user="u1", ip="1.1.1.1"), obs(user="u1", ip="2.2.2.2", device="d2"),
+                 obs(user="u2", device="d2")])
+    counts = state.counts()
+    assert counts["top_multi_ip_users"] == [("u1", 2)]
+    assert counts["top_shared_devices"] == [("d2", 2)]

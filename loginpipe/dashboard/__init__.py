@@ -1,0 +1,1 @@
+"""The live dashboard: a Streamlit page over the summary, metrics and output topics."""

@@ -1,0 +1,76 @@
+"""``python -m loginpipe.dashboard``: flags (with environment twins) and the Streamlit server."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from loginpipe.config import (
+    EnvArgumentParser,
+    add_bootstrap_argument,
+    optional_topic,
+    positive_float,
+    positive_int,
+    run_cli,
+)
+from loginpipe.dashboard.feed import DashboardSettings
+from loginpipe.errors import UserError
+from loginpipe.topics import METRICS_TOPIC, OUTPUT_TOPIC, SUMMARY_TOPIC
+
+APP = Path(__file__).resolve().parent / "app.py"
+DEFAULT_PORT = 8501
+
+
+def build_parser() -> EnvArgumentParser:
+    parser = EnvArgumentParser(
+        prog="python -m loginpipe.dashboard",
+        description="A live dashboard of the pipeline: reads the summary, metrics and output topics "
+                    "and serves a page that refreshes by itself.")
+    add_bootstrap_argument(parser)
+    add = parser.add_env_argument
+    add("--summary-topic", env="SUMMARY_TOPIC", default=SUMMARY_TOPIC, help="the pipeline's snapshots")
+    add("--metrics-topic", env="METRICS_TOPIC", default=METRICS_TOPIC, help="the pipeline's health")
+    add("--output-topic", env="OUTPUT_TOPIC", default=OUTPUT_TOPIC, help="processed records (sampled)")
+    add("--group-id", env="DASHBOARD_GROUP_ID", type=optional_topic, default=None,
+        help="show this pipeline consumer group only (unset: every group)")
+    add("--refresh", env="DASHBOARD_REFRESH", type=positive_float, default=2.0,
+        help="seconds between redraws")
+    add("--port", env="DASHBOARD_PORT", type=positive_int, default=DEFAULT_PORT, help="HTTP port")
+    add("--address", env="DASHBOARD_ADDRESS", default="127.0.0.1",
+        help="address to listen on (0.0.0.0 in a container)")
+    return parser
+
+
+def settings_of(args) -> DashboardSettings:
+    return DashboardSettings(args.bootstrap_servers, args.summary_topic, args.metrics_topic,
+                             args.output_topic, args.group_id, args.refresh)
+
+
+def dashboard_settings(argv: list[str]) -> DashboardSettings:
+    """The page's settings, from the arguments Streamlit hands the script."""
+    return settings_of(build_parser().parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if importlib.util.find_spec("streamlit") is None:
+        raise UserError("streamlit is not installed: pip install -r requirements-dashboard.txt")
+    page_args = list(argv)  # the page parses the same flags (port and address unused there)
+    print(f"dashboard: http://{'localhost' if args.address in ('0.0.0.0', '127.0.0.1') else args.address}"
+          f":{args.port}/ (Ctrl+C stops)", flush=True)
+    command = [sys.executable, "-m", "streamlit", "run", str(APP),
+               "--server.port", str(args.port), "--server.address", args.address,
+               "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer", "--", *page_args]
+    try:
+        os.execv(sys.executable, command)
+    except OSError as exc:
+        raise UserError(f"cannot start streamlit: {exc.strerror}") from None
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

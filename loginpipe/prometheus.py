@@ -1,0 +1,78 @@
+"""The Prometheus endpoint (``--metrics-port``): the pipeline's counters, histograms and gauges
+at ``http://host:port/metrics``.
+
+Counters and histograms are fed once per batch, never per message. Gauges (lag, state size)
+are read when Prometheus scrapes, so they cost nothing in between. The metrics live in a
+registry of their own, owned by the ``Exporter``: nothing here is module-global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from loginpipe.errors import UserError
+from loginpipe.events import REASONS as DEAD_LETTER_REASONS
+from loginpipe.filters import REASONS as FILTER_REASONS
+from loginpipe.pipeline import BatchResult
+
+NAMESPACE = "loginpipe"
+BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+
+
+class Exporter:
+    """The pipeline's Prometheus metrics and the HTTP server that serves them."""
+
+    def __init__(self, lag: Callable[[], float], tracked_users: Callable[[], float],
+                 tracked_devices: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        r, ns = self.registry, NAMESPACE
+        self.consumed = Counter("records_consumed", "Records read from the input topic.",
+                                namespace=ns, registry=r)
+        self.processed = Counter("records_processed", "Valid, kept events written to the output topic.",
+                                 namespace=ns, registry=r)
+        self.filtered = Counter("records_filtered", "Valid events filtered out, by reason.", ["reason"],
+                                namespace=ns, registry=r)
+        self.dead_lettered = Counter("records_dead_lettered", "Invalid records sent to the dead-letter "
+                                     "topic, by reason.", ["reason"], namespace=ns, registry=r)
+        self.batch_seconds = Histogram("batch_processing_seconds", "Time a batch spends in the pipeline, "
+                                       "from poll to outputs handed to the producer.",
+                                       namespace=ns, registry=r, buckets=BATCH_SECONDS_BUCKETS)
+        self.batch_size = Histogram("batch_size_records", "Records per polled batch.",
+                                    namespace=ns, registry=r, buckets=BATCH_SIZE_BUCKETS)
+        Gauge("consumer_lag_records", "Records behind the input partitions' high-water marks.",
+              namespace=ns, registry=r).set_function(lag)
+        Gauge("state_tracked_users", "Users remembered for distinct-IP counts.",
+              namespace=ns, registry=r).set_function(tracked_users)
+        Gauge("state_tracked_devices", "Devices remembered for distinct-user counts.",
+              namespace=ns, registry=r).set_function(tracked_devices)
+        for reason in FILTER_REASONS:  # every series exists from the start, at 0
+            self.filtered.labels(reason)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(reason)
+        self._server = None
+
+    def record(self, result: BatchResult, processing_s: float) -> None:
+        """Count one batch."""
+        self.consumed.inc(result.consumed)
+        self.processed.inc(result.processed)
+        for reason, n in result.reasons.items():
+            family = self.dead_lettered if reason in DEAD_LETTER_REASONS else self.filtered
+            family.labels(reason).inc(n)
+        self.batch_seconds.observe(processing_s)
+        self.batch_size.observe(result.consumed)
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        """Serve /metrics on ``port`` in a daemon thread; a taken port is a UserError."""
+        try:
+            self._server, _ = start_http_server(port, address, registry=self.registry)
+        except OSError as exc:
+            raise UserError(f"cannot serve metrics on port {port}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,218 @@
+"""Issue 6 against a real broker and a real browser: the dashboard shows the pipeline's own
+totals, survives a broker stop and start, and the Prometheus endpoint counts what the run did."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from loginpipe.broker import LocalBroker, free_port
+from loginpipe.events import REASONS as DEAD_LETTER_REASONS
+from loginpipe.waiting import wait_until
+from tests.helpers import (
+    ROOT,
+    PipelineTopics,
+    create_pipeline_topics,
+    generated,
+    preload,
+    start_consumer,
+    summary_counts,
+)
+
+pytestmark = pytest.mark.integration
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Debian's Chromium, headless, driven by Playwright (which downloads no browser here)."""
+    assert CHROMIUM.exists(), "the dashboard test needs Debian's chromium: apt-get install chromium"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def group() -> str:
+    return f"test-group-{uuid.uuid4().hex[:8]}"
+
+
+def start_dashboard(reaper: list, bootstrap: str, topics: PipelineTopics, group_id: str,
+                    log_dir: Path) -> str:
+    """The dashboard as a real process; its URL once it answers."""
+    port = free_port()
+    log = (log_dir / "dashboard.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loginpipe.dashboard", "--bootstrap-servers", bootstrap,
+         "--summary-topic", topics.summary, "--metrics-topic", topics.metrics,
+         "--output-topic", topics.output,
+         "--group-id", group_id, "--port", str(port), "--refresh", "1"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    reaper.append(proc)
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    assert wait_until(answers, 60), (log_dir / "dashboard.log").read_text()
+    return f"http://127.0.0.1:{port}/"
+
+
+def shown(page) -> dict[str, str]:
+    """The page's figures: label -> value, as Streamlit renders st.metric."""
+    return page.evaluate("""() => Object.fromEntries(
+        [...document.querySelectorAll('[data-testid="stMetric"]')].map(m => [
+            m.querySelector('[data-testid="stMetricLabel"]').innerText.trim(),
+            m.querySelector('[data-testid="stMetricValue"]').innerText.trim()]))""")
+
+
+def page_text(page) -> str:
+    return page.inner_text("body")
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_dashboard_shows_the_pipelines_own_totals(bootstrap: str, topic_name, tmp_path: Path, reaper,
+                                                  browser) -> None:
+    topics = create_pipeline_topics(bootstrap, topic_name)
+    name = group()
+    url = start_dashboard(reaper, bootstrap, topics, name, tmp_path)
+    page = browser.new_page(viewport={"width": 1500, "height": 3200})
+    page.goto(url)
+    assert wait_until(lambda: "waiting for the pipeline" in page_text(page), 60), page_text(page)
+
+    proc, out, err = start_consumer(reaper, bootstrap, topics, name, tmp_path, "pipeline", "--quiet",
+                                    "--stop-when-idle", "4", "--summary-interval", "1",
+                                    "--metrics-interval", "1")
+    # A stream over about 8 s rather than one burst, so the page's time series have a shape.
+    preload(bootstrap, topics.input, generated(4000, seed=41, bad_ratio=0.05), rate=500)
+    assert proc.wait(timeout=120) == 0, err.read_text()
+    consumed, processed, filtered, dead = summary_counts(out.read_text())
+
+    def final_figures() -> dict | None:
+        figures = shown(page)
+        ok = "stopped" in page_text(page) and figures.get("consumed") == f"{consumed:,}"
+        return figures if ok else None
+
+    figures = wait_until(final_figures, 60)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    assert figures, f"{shown(page)}\n{page_text(page)[:2000]}"
+    assert (number(figures["consumed"]), number(figures["processed"]), number(figures["filtered"]),
+            number(figures["dead-lettered"])) == (consumed, processed, filtered, dead)
+    text = page_text(page)
+    for heading in ("dead letters by reason", "device type", "app version", "region", "logins by US state",
+                    "hour of day (UTC)", "daily", "multi-IP users", "shared devices", "risk levels",
+                    "most recent processed records"):
+        assert heading in text, heading
+    page.close()
+
+
+def write_snapshot(bootstrap: str, topic: str, group_id: str, processed: int) -> None:
+    """A summary snapshot as the pipeline writes one (enough for the page to be live)."""
+    from loginpipe.generator import make_producer
+
+    now = __import__("time").time()
+    snapshot = {"instance": f"{group_id}/test/1", "group_id": group_id, "updated_epoch_s": now,
+                "updated_at": "now", "final": False,
+                "totals": {"consumed": processed, "processed": processed, "filtered": 0, "dead_lettered": 0}}
+    producer = make_producer(bootstrap)
+    try:
+        producer.send(topic, key=snapshot["instance"].encode(), value=orjson.dumps(snapshot))
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def test_dashboard_shows_disconnected_and_recovers(tmp_path: Path, kafka_libs: Path, topic_name, reaper,
+                                                   browser) -> None:
+    broker = LocalBroker(home=tmp_path / "kafka", port=free_port(), controller_port=free_port(),
+                         heap_mb=384, libs=kafka_libs)
+    broker.start(quiet=True)
+    try:
+        bootstrap = broker.bootstrap_servers
+        topics = create_pipeline_topics(bootstrap, topic_name, partitions=1)
+        name = group()
+        write_snapshot(bootstrap, topics.summary, name, 1234)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(start_dashboard(reaper, bootstrap, topics, name, tmp_path))
+        assert wait_until(lambda: shown(page).get("processed") == "1,234", 60), page_text(page)
+
+        broker.stop()
+        assert wait_until(lambda: "disconnected" in page_text(page), 60), page_text(page)
+        assert shown(page).get("processed") == "1,234"  # the last figures stay on the page
+        broker.start(quiet=True)
+        write_snapshot(bootstrap, topics.summary, name, 5678)
+        assert wait_until(lambda: shown(page).get("processed") == "5,678", 90), page_text(page)
+        assert "disconnected" not in page_text(page)
+        page.close()
+    finally:
+        broker.stop()
+
+
+METRIC_LINE = re.compile(r'^(loginpipe_[a-z_]+)(?:\{reason="([a-z0-9_]+)"\})? ([0-9.e+]+)$', re.MULTILINE)
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """/metrics as {(name, reason): value} ("" when unlabelled); {} while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {(name, reason or ""): float(value) for name, reason, value in METRIC_LINE.findall(text)}
+
+
+def test_metrics_endpoint_counts_match_the_runs_accounting(bootstrap: str, topic_name, tmp_path: Path,
+                                                           reaper) -> None:
+    topics = create_pipeline_topics(bootstrap, topic_name)
+    records = generated(5000, seed=43, bad_ratio=0.05)
+    preload(bootstrap, topics.input, records)
+    port = free_port()
+    proc, out, err = start_consumer(reaper, bootstrap, topics, group(), tmp_path, "scraped",
+                                    "--quiet", "--metrics-port", str(port))
+
+    def drained() -> dict | None:
+        metrics = scrape(port)
+        return metrics if metrics.get(("loginpipe_records_consumed_total", "")) == len(records) else None
+
+    metrics = wait_until(drained, 90)
+    assert metrics, err.read_text()
+    consumed = metrics[("loginpipe_records_consumed_total", "")]
+    processed = metrics[("loginpipe_records_processed_total", "")]
+    filtered = {r: v for (name, r), v in metrics.items() if name == "loginpipe_records_filtered_total"}
+    dead = {r: v for (name, r), v in metrics.items() if name == "loginpipe_records_dead_lettered_total"}
+    assert consumed == processed + sum(filtered.values()) + sum(dead.values())
+    assert set(dead) == set(DEAD_LETTER_REASONS)
+    assert metrics[("loginpipe_batch_size_records_sum", "")] == consumed
+    assert metrics[("loginpipe_batch_processing_seconds_count", "")] >= 1
+    assert ("loginpipe_consumer_lag_records", "") in metrics
+    assert metrics[("loginpipe_state_tracked_users", "")] > 0
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0, err.read_text()
+    c, p, f, d = summary_counts(out.read_text())
+    assert (c, p, f, d) == (consumed, processed, sum(filtered.values()), sum(dead.values()))
