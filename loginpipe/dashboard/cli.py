@@ -10,7 +10,6 @@ from pathlib import Path
 from loginpipe.config import (
     EnvArgumentParser,
     add_bootstrap_argument,
-    optional_topic,
     positive_float,
     positive_int,
     run_cli,
@@ -33,7 +32,7 @@ def build_parser() -> EnvArgumentParser:
     add("--summary-topic", env="SUMMARY_TOPIC", default=SUMMARY_TOPIC, help="the pipeline's snapshots")
     add("--metrics-topic", env="METRICS_TOPIC", default=METRICS_TOPIC, help="the pipeline's health")
     add("--output-topic", env="OUTPUT_TOPIC", default=OUTPUT_TOPIC, help="processed records (sampled)")
-    add("--group-id", env="DASHBOARD_GROUP_ID", type=optional_topic, default=None,
+    add("--group-id", env="DASHBOARD_GROUP_ID", default=None,
         help="show this pipeline consumer group only (unset: every group)")
     add("--refresh", env="DASHBOARD_REFRESH", type=positive_float, default=2.0,
         help="seconds between redraws")

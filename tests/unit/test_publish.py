@@ -1,0 +1,77 @@
+"""When the summary and metrics snapshots are published (a recording producer, no broker)."""
+
+from __future__ import annotations
+
+import orjson
+
+from loginpipe.config import PipelineConfig
+from loginpipe.pipeline import BatchResult
+from loginpipe.publish import Publisher
+from loginpipe.state import Aggregates
+from loginpipe.stats import Stats
+
+
+class Recorder:
+    """Stands in for KafkaProducer.send: keeps what was sent."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, bytes, dict]] = []
+        self.fail = fail
+
+    def send(self, topic: str, key: bytes, value: bytes):
+        if self.fail:
+            raise TimeoutError("buffer full")
+        self.sent.append((topic, key, orjson.loads(value)))
+        return self
+
+    def add_errback(self, callback) -> None:
+        pass
+
+
+def make(config: PipelineConfig, producer: Recorder, now: list[float]) -> tuple[Publisher, Stats, list]:
+    warnings: list[str] = []
+    stats = Stats(enabled=False, metrics=True, clock=lambda: now[0])
+    publisher = Publisher(config, Aggregates(), stats, producer, warnings.append, clock=lambda: now[0],
+                          wall_clock=lambda: 1_800_000_000 + now[0])
+    return publisher, stats, warnings
+
+
+def test_summary_every_n_processed_or_t_seconds_whichever_first() -> None:
+    now, producer = [0.0], Recorder()
+    config = PipelineConfig(summary_topic="s", metrics_topic=None, summary_every=100, summary_interval_s=5)
+    publisher, stats, _ = make(config, producer, now)
+    publisher.tick()
+    assert producer.sent == []
+    stats.record(BatchResult(consumed=120, processed=120), 0.01, [])
+    publisher.tick()  # 120 processed >= 100
+    now[0] = 4.0
+    publisher.tick()  # nothing new, 4 s < 5 s
+    now[0] = 9.5
+    publisher.tick()  # 5.5 s since the last one
+    assert [t for t, _, _ in producer.sent] == ["s", "s"]
+    _, key, value = producer.sent[0]
+    assert key == publisher.instance.encode() and value["totals"]["processed"] == 120
+    publisher.publish_summary(final=True)
+    assert producer.sent[-1][2]["final"] is True
+
+
+def test_metrics_every_interval() -> None:
+    now, producer = [0.0], Recorder()
+    config = PipelineConfig(summary_topic=None, metrics_topic="m", metrics_interval_s=5)
+    publisher, stats, _ = make(config, producer, now)
+    stats.record(BatchResult(consumed=50, processed=50), 0.01, [3.0] * 50)
+    for t in (1.0, 4.9, 5.0, 7.0, 10.0):
+        now[0] = t
+        publisher.tick()
+    assert [t for t, _, _ in producer.sent] == ["m", "m"]
+    assert producer.sent[0][2]["consumed_total"] == 50 and producer.sent[0][2]["end_to_end_ms_p99"] == 3.0
+    assert producer.sent[1][2]["batches"] == 0  # a new window after each snapshot
+
+
+def test_a_failed_send_is_reported_not_raised() -> None:
+    now = [10.0]
+    config = PipelineConfig(summary_topic="s", metrics_topic="m", summary_interval_s=1, metrics_interval_s=1)
+    publisher, _, warnings = make(config, Recorder(fail=True), now)
+    now[0] = 20.0
+    publisher.tick()
+    assert len(warnings) == 2 and "next one replaces it" in warnings[0]
