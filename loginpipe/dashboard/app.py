@@ -74,7 +74,7 @@ def header(view: View) -> None:
         state = "stopped" if view.summary.get("final") else "running"
         st.success(f"● live: {len(view.instances)} pipeline instance(s), {state}, updated {updated}")
     else:
-        st.info("● waiting for the pipeline: no summary snapshot yet")
+        st.info(f"● waiting for the pipeline: {view.error or 'no summary snapshot yet'}")
 
 
 def totals(view: View) -> None:

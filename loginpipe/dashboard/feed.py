@@ -26,6 +26,10 @@ RECENT_EVERY_S = 3.0
 RETRY_S = 1.0
 
 
+class TopicMissing(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class DashboardSettings:
     bootstrap_servers: str
@@ -65,6 +69,9 @@ class Feed:
         while not self._stop.is_set():
             try:
                 self._step()
+            except TopicMissing as exc:  # the broker answers; the pipeline has not set up yet
+                self._set(connected=True, error=str(exc))
+                self._stop.wait(RETRY_S)
             except (KafkaError, OSError) as exc:
                 self._set(connected=False, error=f"{type(exc).__name__}: {exc}"[:200])
                 self._stop.wait(RETRY_S)
@@ -77,7 +84,7 @@ class Feed:
         if self._snapshots is None:
             self._snapshots = self._open_snapshots()
         polled = self._snapshots.poll(timeout_ms=POLL_MS)
-        self._set(connected=True, error="")
+        self._set(connected=True, error="")  # until _read_recent finds otherwise
         records = [r for batch in polled.values() for r in batch]
         if records:
             self._apply(records)
@@ -94,19 +101,23 @@ class Feed:
     def _open_snapshots(self) -> KafkaConsumer:
         """Summaries from the beginning (compacted: the latest per instance), metrics' last hour."""
         consumer = self._consumer()
-        summary = self._partitions(consumer, self.settings.summary_topic)
-        metrics = self._partitions(consumer, self.settings.metrics_topic)
-        consumer.assign(summary + metrics)
-        consumer.seek_to_beginning(*summary)
-        for tp, end in consumer.end_offsets(metrics).items():
-            consumer.seek(tp, max(0, end - METRICS_KEPT))
+        try:
+            summary = self._partitions(consumer, self.settings.summary_topic)
+            metrics = self._partitions(consumer, self.settings.metrics_topic)
+            consumer.assign(summary + metrics)
+            consumer.seek_to_beginning(*summary)
+            for tp, end in consumer.end_offsets(metrics).items():
+                consumer.seek(tp, max(0, end - METRICS_KEPT))
+        except BaseException:
+            consumer.close()
+            raise
         return consumer
 
     @staticmethod
     def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
         found = consumer.partitions_for_topic(topic)
         if not found:
-            raise KafkaError(f"topic {topic} not found")
+            raise TopicMissing(f"topic {topic} does not exist yet (python create_kafka_topic.py creates it)")
         return [TopicPartition(topic, p) for p in sorted(found)]
 
     def _apply(self, records: list) -> None:

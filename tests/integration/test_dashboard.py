@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,11 @@ import orjson
 import pytest
 
 from loginpipe.broker import LocalBroker, free_port
+from loginpipe.dashboard.feed import DashboardSettings, Feed
+from loginpipe.dashboard.view import LIVE, WAITING
 from loginpipe.events import REASONS as DEAD_LETTER_REASONS
+from loginpipe.generator import make_producer
+from loginpipe.topics import TopicSpec, ensure_topics
 from loginpipe.waiting import wait_until
 from tests.helpers import (
     ROOT,
@@ -133,9 +138,7 @@ def test_dashboard_shows_the_pipelines_own_totals(bootstrap: str, topic_name, tm
 
 def write_snapshot(bootstrap: str, topic: str, group_id: str, processed: int) -> None:
     """A summary snapshot as the pipeline writes one (enough for the page to be live)."""
-    from loginpipe.generator import make_producer
-
-    now = __import__("time").time()
+    now = time.time()
     snapshot = {"instance": f"{group_id}/test/1", "group_id": group_id, "updated_epoch_s": now,
                 "updated_at": "now", "final": False,
                 "totals": {"consumed": processed, "processed": processed, "filtered": 0, "dead_lettered": 0}}
@@ -216,3 +219,18 @@ def test_metrics_endpoint_counts_match_the_runs_accounting(bootstrap: str, topic
     assert proc.wait(timeout=30) == 0, err.read_text()
     c, p, f, d = summary_counts(out.read_text())
     assert (c, p, f, d) == (consumed, processed, sum(filtered.values()), sum(dead.values()))
+
+
+def test_feed_waits_for_topics_that_do_not_exist_yet(bootstrap: str, topic_name) -> None:
+    summary, metrics, output = topic_name("summary"), topic_name("metrics"), topic_name("out")
+    feed = Feed(DashboardSettings(bootstrap, summary, metrics, output, "g")).start()
+    try:
+        waiting = wait_until(lambda: (v := feed.view()).status == WAITING and "does not exist" in v.error
+                             and v, 30)
+        assert waiting, feed.view()
+        ensure_topics(bootstrap, [TopicSpec(name, "test", 1) for name in (summary, metrics, output)])
+        write_snapshot(bootstrap, summary, "g", 42)
+        live = wait_until(lambda: (v := feed.view()).status == LIVE and v, 60)
+        assert live and live.summary["totals"]["processed"] == 42
+    finally:
+        feed.stop()
