@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from loginpipe.broker import port_is_free
 from loginpipe.config import (
     EnvArgumentParser,
     add_bootstrap_argument,
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if importlib.util.find_spec("streamlit") is None:
         raise UserError("streamlit is not installed: pip install -r requirements-dashboard.txt")
+    if not port_is_free(args.port, "127.0.0.1" if args.address == "0.0.0.0" else args.address):
+        raise UserError(f"port {args.port} is taken; choose another with --port")
     page_args = list(argv)  # the page parses the same flags (port and address unused there)
     print(f"dashboard: http://{'localhost' if args.address in ('0.0.0.0', '127.0.0.1') else args.address}"
           f":{args.port}/ (Ctrl+C stops)", flush=True)

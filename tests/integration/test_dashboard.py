@@ -30,6 +30,7 @@ from tests.helpers import (
     create_pipeline_topics,
     generated,
     preload,
+    run_cli,
     start_consumer,
     summary_counts,
 )
@@ -234,3 +235,19 @@ def test_feed_waits_for_topics_that_do_not_exist_yet(bootstrap: str, topic_name)
         assert live and live.summary["totals"]["processed"] == 42
     finally:
         feed.stop()
+
+
+def test_taken_ports_are_one_line_errors(bootstrap: str, topic_name) -> None:
+    topics = create_pipeline_topics(bootstrap, topic_name, partitions=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        dashboard = run_cli("-m", "loginpipe.dashboard", "--port", port)
+        consumer = run_cli("create_kafka_consumer.py", "--bootstrap-servers", bootstrap, *topics.flags(),
+                           "--metrics-port", port, "--quiet")
+    assert (dashboard.returncode, dashboard.stderr) == (1, f"error: port {port} is taken; choose another "
+                                                            "with --port\n")
+    assert consumer.returncode == 1
+    assert consumer.stderr.startswith(f"error: cannot serve metrics on port {port}")
+    assert len(consumer.stderr.strip().splitlines()) == 1
