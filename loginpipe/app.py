@@ -345,9 +345,9 @@ class Worker(threading.Thread):
         if app.config.show_messages:
             self._show(result.outputs)
         done_ms = time.time() * 1000
-        sampled = records[::max(1, len(records) // E2E_SAMPLES_PER_BATCH)]
+        step = max(1, len(records) // E2E_SAMPLES_PER_BATCH)
         elapsed = time.perf_counter() - started
-        app.stats.record(result, elapsed, [done_ms - r.timestamp for r in sampled])
+        app.stats.record(result, elapsed, [done_ms - r.timestamp for r in records[::step]], step)
         if app.exporter:
             app.exporter.record(result, elapsed)
 

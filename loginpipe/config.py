@@ -75,6 +75,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
 def version_list(text: str) -> frozenset[str]:
     """Comma-separated x.y.z versions."""
     versions = frozenset(v.strip() for v in text.split(",") if v.strip())
@@ -93,6 +100,7 @@ def optional_topic(text: str) -> str | None:
 positive_int.__name__ = "positive integer"
 non_negative_float.__name__ = "non-negative number"
 positive_float.__name__ = "positive number"
+port_number.__name__ = "port number (1-65535)"
 ratio.__name__ = "ratio between 0 and 1"
 version_list.__name__ = "comma-separated list of x.y.z versions"
 optional_topic.__name__ = "topic name or 'none'"
@@ -206,7 +214,7 @@ def build_pipeline_parser() -> EnvArgumentParser:
         help="publish the pipeline's health here ('none': off)")
     add("--metrics-interval", env="METRICS_INTERVAL", type=positive_float,
         default=defaults.metrics_interval_s, help="every S seconds")
-    add("--metrics-port", env="METRICS_PORT", type=positive_int, default=None,
+    add("--metrics-port", env="METRICS_PORT", type=port_number, default=None,
         help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (unset: off)")
     return parser
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -29,7 +29,7 @@ _QUOTED = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\"""")
 
 @dataclass(frozen=True)
 class Privacy:
-    secret: bytes
+    secret: bytes = field(repr=False)  # never in a printed config, route or test failure
 
     @classmethod
     def from_environment(cls, environ: dict[str, str] | None = None) -> Privacy:
@@ -71,4 +71,7 @@ class Privacy:
         if "device_id" in data:
             device_id = data["device_id"]
             data["device_id"] = self.device_token(device_id) if type(device_id) is str else REDACTED
-        return orjson.dumps(data)
+        try:
+            return orjson.dumps(data)
+        except (TypeError, orjson.JSONEncodeError):  # e.g. nested deeper than orjson writes (254)
+            return None

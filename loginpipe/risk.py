@@ -20,7 +20,7 @@ PRIVATE_IP = "private_ip"  # private, loopback, link-local, shared, reserved, mu
 WEIGHTS = {MULTI_IP_USER: 30, SHARED_DEVICE: 30, PRIVATE_IP: 20, LEGACY_APP_VERSION: 15, ODD_HOUR: 15}
 ODD_HOURS = frozenset(range(0, 5))
 MEDIUM_FROM = 25  # score >= 25: medium
-HIGH_FROM = 50  # score >= 50: high (two strong factors, or one strong and two weaker)
+HIGH_FROM = 50  # score >= 50: high (two strong factors, or a strong one with private_ip, ...: README)
 LOW, MEDIUM, HIGH = "low", "medium", "high"
 LEVELS = (LOW, MEDIUM, HIGH)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from loginpipe.app import Application, tune_gc
 from loginpipe.broker import LocalBroker, port_is_free
@@ -20,9 +22,13 @@ from loginpipe.config import (
     build_pipeline_parser,
     non_negative_float,
     pipeline_config,
+    port_number,
     run_cli,
 )
 from loginpipe.topics import TOPICS, ensure_topics
+from loginpipe.waiting import wait_until
+
+DASHBOARD_START_S = 20.0
 
 
 def build_parser() -> EnvArgumentParser:
@@ -31,26 +37,42 @@ def build_parser() -> EnvArgumentParser:
     parser.add_argument("-h", "--help", action="store_true", help="show this help and the consumer's")
     parser.add_env_argument("--rate", env="GENERATOR_RATE", type=non_negative_float, default=1000.0,
                             help="generator events per second (0: no generator)")
-    parser.add_env_argument("--dashboard-port", env="DASHBOARD_PORT", type=int, default=8501,
+    parser.add_env_argument("--dashboard-port", env="DASHBOARD_PORT", type=port_or_zero, default=8501,
                             help="serve the live dashboard on this port (0: no dashboard)")
     return parser
 
 
+def port_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else port_number(text)
+
+
+port_or_zero.__name__ = "port number (1-65535, or 0)"
+
+
 def start_dashboard(config, port: int) -> subprocess.Popen | None:
-    """The dashboard in the background, on ``port`` unless it is 0 or taken."""
-    if port <= 0:
+    """The dashboard in the background, on ``port`` unless it is 0 or taken; its output goes
+    to a log file, whose tail is shown if it stops at once."""
+    if port == 0:
+        return None
+    if not (config.summary_topic and config.metrics_topic):
+        print("dashboard: not started (it reads the summary and metrics topics, which are off)", flush=True)
         return None
     if not port_is_free(port):
         print(f"dashboard: port {port} is taken; not started (--dashboard-port sets another)", flush=True)
         return None
-    dashboard = subprocess.Popen(
-        [sys.executable, "-m", "loginpipe.dashboard", "--bootstrap-servers", config.bootstrap_servers,
-         "--port", str(port), "--group-id", config.group_id,
-         *(["--summary-topic", config.summary_topic] if config.summary_topic else []),
-         *(["--metrics-topic", config.metrics_topic] if config.metrics_topic else []),
-         "--output-topic", config.output_topic],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"dashboard: http://localhost:{port}/ (pid {dashboard.pid})", flush=True)
+    log_path = Path(tempfile.gettempdir()) / f"loginpipe-dashboard-{port}.log"
+    with log_path.open("w") as log:
+        dashboard = subprocess.Popen(
+            [sys.executable, "-m", "loginpipe.dashboard", "--bootstrap-servers", config.bootstrap_servers,
+             "--port", str(port), "--group-id", config.group_id, "--summary-topic", config.summary_topic,
+             "--metrics-topic", config.metrics_topic, "--output-topic", config.output_topic],
+            stdout=log, stderr=subprocess.STDOUT)
+    if wait_until(lambda: dashboard.poll() is not None or not port_is_free(port), DASHBOARD_START_S) \
+            and dashboard.poll() is not None:
+        last = (log_path.read_text().strip().splitlines() or ["no output"])[-1]
+        print(f"dashboard: did not start ({last}); log: {log_path}", flush=True)
+        return None
+    print(f"dashboard: http://localhost:{port}/ (pid {dashboard.pid}, log {log_path})", flush=True)
     return dashboard
 
 

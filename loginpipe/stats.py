@@ -83,13 +83,6 @@ def weighted_percentile(samples: list[tuple[float, int]], q: float) -> float:
     return ordered[-1][0]
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 class Window:
     """Batches seen since a reader last took them: stats lines and the metrics topic each have one."""
 
@@ -97,12 +90,14 @@ class Window:
         self.start = start
         self.consumed = 0
         self.proc: list[tuple[float, int]] = []  # (batch processing seconds, records in it)
-        self.e2e: list[float] = []  # ms from record timestamp to processed, sampled records
+        # (ms from record timestamp to processed, records it stands for): records are sampled
+        # per batch, so a sample of a big batch weighs more than one of a small batch.
+        self.e2e: list[tuple[float, int]] = []
 
-    def add(self, consumed: int, processing_s: float, e2e_ms: list[float]) -> None:
+    def add(self, consumed: int, processing_s: float, e2e_ms: list[float], weight: int = 1) -> None:
         self.consumed += consumed
         self.proc.append((processing_s, consumed))
-        self.e2e.extend(e2e_ms)
+        self.e2e.extend([(ms, weight) for ms in e2e_ms])
         if len(self.e2e) > MAX_SAMPLES:  # a long interval must not grow without end
             del self.e2e[:-MAX_SAMPLES], self.proc[:-MAX_SAMPLES]
 
@@ -133,8 +128,10 @@ class Stats:
         self._metrics = Window(self.started) if metrics else None  # for metrics()
         self._next_line_at = stats_every
 
-    def record(self, result: BatchResult, processing_s: float, e2e_ms: list[float]) -> None:
-        """Add one batch; print a line when ``stats_every`` messages have passed."""
+    def record(self, result: BatchResult, processing_s: float, e2e_ms: list[float],
+               e2e_weight: int = 1) -> None:
+        """Add one batch; print a line when ``stats_every`` messages have passed. ``e2e_ms`` are
+        sampled records' latencies, each standing for ``e2e_weight`` records."""
         now = self.clock()
         with self._lock:
             if self.first_batch_at is None:
@@ -146,9 +143,9 @@ class Stats:
             self.totals.add(result)
             self.last_record_at = now
             if self.enabled:  # --quiet keeps no samples for lines
-                self._window.add(result.consumed, processing_s, e2e_ms)
+                self._window.add(result.consumed, processing_s, e2e_ms, e2e_weight)
             if self._metrics:
-                self._metrics.add(result.consumed, processing_s, e2e_ms)
+                self._metrics.add(result.consumed, processing_s, e2e_ms, e2e_weight)
             due = (self.enabled and self.interval_s <= 0
                    and self.totals.consumed >= self._next_line_at)
             if due:
@@ -198,10 +195,10 @@ class Stats:
             "batch_size_max": max(sizes, default=0),
             "processing_ms_avg": round(1000 * sum(s * n for s, n in window.proc) / max(1, sum(sizes)), 3),
             "processing_ms_p99": round(1000 * weighted_percentile(window.proc, 0.99), 3),
-            "end_to_end_ms_p50": round(percentile(window.e2e, 0.50), 1),
-            "end_to_end_ms_p95": round(percentile(window.e2e, 0.95), 1),
-            "end_to_end_ms_p99": round(percentile(window.e2e, 0.99), 1),
-            "end_to_end_ms_max": round(max(window.e2e, default=0.0), 1),
+            "end_to_end_ms_p50": round(weighted_percentile(window.e2e, 0.50), 1),
+            "end_to_end_ms_p95": round(weighted_percentile(window.e2e, 0.95), 1),
+            "end_to_end_ms_p99": round(weighted_percentile(window.e2e, 0.99), 1),
+            "end_to_end_ms_max": round(max((ms for ms, _ in window.e2e), default=0.0), 1),
             "cpu_percent": cpu,
             "rss_bytes": rss,
             "system_memory_percent": mem,
@@ -225,7 +222,7 @@ class Stats:
         proc_total = sum(w for _, w in window.proc) or 1
         proc_avg_ms = 1000 * sum(s * w for s, w in window.proc) / proc_total
         proc_p99_ms = 1000 * weighted_percentile(window.proc, 0.99)
-        e2e_p99 = percentile(window.e2e, 0.99)
+        e2e_p99 = weighted_percentile(window.e2e, 0.99)
         cpu, rss, mem = self.sampler.read()
         line = (f"[stats] {t.consumed:,} msgs | {window.consumed / span:,.0f} msg/s now, "
                 f"{overall:,.0f} avg | latency avg {proc_avg_ms:.2f} ms p99 {proc_p99_ms:.2f} ms, "

@@ -32,10 +32,13 @@ TOPICS: tuple[TopicSpec, ...] = (
               configs={"retention.ms": str(14 * 24 * 3600 * 1000)}),
     TopicSpec(FILTERED_TOPIC, "valid events filtered out (--filtered-topic), reason in a header",
               configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),
-    # Compacted: only the latest snapshot per pipeline instance matters. One partition keeps
-    # every snapshot in order for a reader.
+    # Compacted: only the latest snapshot per pipeline instance matters. Segments roll every
+    # 10 minutes so compaction keeps up (the active segment is never compacted); instances
+    # silent for a week are deleted. One partition keeps every snapshot in order for a reader.
     TopicSpec(SUMMARY_TOPIC, "aggregation snapshots, keyed by pipeline instance (latest wins)",
-              partitions=1, configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}),
+              partitions=1, configs={"cleanup.policy": "compact,delete", "segment.ms": "600000",
+                                     "min.cleanable.dirty.ratio": "0.1", "min.compaction.lag.ms": "60000",
+                                     "retention.ms": str(7 * 24 * 3600 * 1000)}),
     TopicSpec(METRICS_TOPIC, "the pipeline's own health every few seconds",
               partitions=1, configs={"retention.ms": str(24 * 3600 * 1000)}),
 )

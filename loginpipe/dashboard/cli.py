@@ -11,8 +11,9 @@ from loginpipe.broker import port_is_free
 from loginpipe.config import (
     EnvArgumentParser,
     add_bootstrap_argument,
+    optional_topic,
+    port_number,
     positive_float,
-    positive_int,
     run_cli,
 )
 from loginpipe.dashboard.feed import DashboardSettings
@@ -23,6 +24,17 @@ APP = Path(__file__).resolve().parent / "app.py"
 DEFAULT_PORT = 8501
 
 
+def needed_topic(text: str) -> str:
+    """A topic name; "none" (which turns the pipeline's snapshots off) cannot feed a dashboard."""
+    topic = optional_topic(text)
+    if topic is None:
+        raise ValueError(text)
+    return topic
+
+
+needed_topic.__name__ = "topic name (the pipeline must publish it: not 'none')"
+
+
 def build_parser() -> EnvArgumentParser:
     parser = EnvArgumentParser(
         prog="python -m loginpipe.dashboard",
@@ -30,14 +42,17 @@ def build_parser() -> EnvArgumentParser:
                     "and serves a page that refreshes by itself.")
     add_bootstrap_argument(parser)
     add = parser.add_env_argument
-    add("--summary-topic", env="SUMMARY_TOPIC", default=SUMMARY_TOPIC, help="the pipeline's snapshots")
-    add("--metrics-topic", env="METRICS_TOPIC", default=METRICS_TOPIC, help="the pipeline's health")
+    # The pipeline's own variables, so one environment sets both; the dashboard needs both topics.
+    add("--summary-topic", env="SUMMARY_TOPIC", type=needed_topic, default=SUMMARY_TOPIC,
+        help="the pipeline's snapshots")
+    add("--metrics-topic", env="METRICS_TOPIC", type=needed_topic, default=METRICS_TOPIC,
+        help="the pipeline's health")
     add("--output-topic", env="OUTPUT_TOPIC", default=OUTPUT_TOPIC, help="processed records (sampled)")
     add("--group-id", env="DASHBOARD_GROUP_ID", default=None,
         help="show this pipeline consumer group only (unset: every group)")
     add("--refresh", env="DASHBOARD_REFRESH", type=positive_float, default=2.0,
         help="seconds between redraws")
-    add("--port", env="DASHBOARD_PORT", type=positive_int, default=DEFAULT_PORT, help="HTTP port")
+    add("--port", env="DASHBOARD_PORT", type=port_number, default=DEFAULT_PORT, help="HTTP port")
     add("--address", env="DASHBOARD_ADDRESS", default="127.0.0.1",
         help="address to listen on (0.0.0.0 in a container)")
     return parser

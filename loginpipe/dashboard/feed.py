@@ -8,6 +8,7 @@ trying; kafka-python reconnects by itself when the broker is back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -75,6 +76,18 @@ class Feed:
             except (KafkaError, OSError) as exc:
                 self._set(connected=False, error=f"{type(exc).__name__}: {exc}"[:200])
                 self._stop.wait(RETRY_S)
+            except Exception as exc:  # a bug or a surprise from the client: say so, start over
+                self._set(connected=False,
+                          error=f"reader failed ({type(exc).__name__}: {exc}); retrying"[:200])
+                self._reset()
+                self._stop.wait(RETRY_S)
+
+    def _reset(self) -> None:
+        for consumer in (self._snapshots, self._tail):
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    consumer.close()
+        self._snapshots = self._tail = None
 
     def _step(self) -> None:
         if not any_reachable(self.settings.bootstrap_servers, timeout_s=1.0):

@@ -18,6 +18,7 @@ from loginpipe.enrich import DAYS
 from loginpipe.regions import REGIONS
 
 METRICS_KEPT = 720  # per instance: an hour at the pipeline's default 5 s
+INSTANCES_KEPT = 100  # pipeline processes remembered (a restart is a new one)
 RECENT_KEPT = 20
 SAME_RUN_S = 60.0
 STALE_AFTER_S = 30.0  # a running instance silent this long is left out (killed, not stopped)
@@ -40,14 +41,34 @@ class Board:
     checked_at: float = 0.0  # wall time of the last reachability check
 
     def add_summary(self, snapshot: dict) -> None:
-        instance = snapshot.get("instance", "?")
+        instance, updated = snapshot.get("instance"), snapshot.get("updated_epoch_s")
+        if type(instance) is not str or type(updated) not in (int, float):
+            return  # not a snapshot of ours
         known = self.summaries.get(instance)
-        if known is None or snapshot.get("updated_epoch_s", 0) >= known.get("updated_epoch_s", 0):
+        if known is None or updated >= known["updated_epoch_s"]:
             self.summaries[instance] = snapshot
+        if len(self.summaries) > INSTANCES_KEPT:
+            self._forget_oldest()
 
     def add_metrics(self, record: dict) -> None:
-        history = self.metrics.setdefault(record.get("instance", "?"), deque(maxlen=METRICS_KEPT))
+        instance = record.get("instance")
+        if type(instance) is not str or type(record.get("epoch_s")) not in (int, float):
+            return
+        history = self.metrics.setdefault(instance, deque(maxlen=METRICS_KEPT))
+        if history and record["epoch_s"] <= history[-1]["epoch_s"]:
+            return  # read again after a reconnect
         history.append(record)
+        if len(self.metrics) > INSTANCES_KEPT:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Every restart of a pipeline is a new instance: keep the newest INSTANCES_KEPT."""
+        newest = sorted(self.summaries, key=lambda i: self.summaries[i]["updated_epoch_s"])
+        for instance in newest[:-INSTANCES_KEPT]:
+            del self.summaries[instance]
+        by_time = sorted(self.metrics, key=lambda i: self.metrics[i][-1]["epoch_s"])
+        for instance in by_time[:-INSTANCES_KEPT]:
+            del self.metrics[instance]
 
 
 @dataclass

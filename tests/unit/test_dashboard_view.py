@@ -59,12 +59,35 @@ def test_status() -> None:
 def test_metrics_of_the_chosen_instances_in_time_order() -> None:
     board = Board(connected=True)
     board.add_summary(snapshot("a", NOW))
-    for t in (3, 1, 2):
-        board.add_metrics({"instance": "a", "epoch_s": NOW + t, "messages_per_second": t})
+    board.add_summary(snapshot("b", NOW))
+    for instance, t in (("a", 1), ("a", 3), ("b", 2), ("b", 4)):
+        board.add_metrics({"instance": instance, "epoch_s": NOW + t, "messages_per_second": t})
     board.add_metrics({"instance": "gone", "epoch_s": NOW, "messages_per_second": 99})
-    assert [m["messages_per_second"] for m in make_view(board, None, NOW).metrics] == [1, 2, 3]
+    assert [m["messages_per_second"] for m in make_view(board, None, NOW).metrics] == [1, 2, 3, 4]
 
 
 def test_every_state_has_one_tile() -> None:
     assert set(STATE_TILES) == set(US_STATES)
     assert len(set(STATE_TILES.values())) == len(STATE_TILES)
+
+
+def test_foreign_records_are_ignored_and_instances_are_bounded() -> None:
+    from loginpipe.dashboard.view import INSTANCES_KEPT
+
+    board = Board()
+    board.add_summary({"instance": ["not", "hashable"], "updated_epoch_s": 1})
+    board.add_summary({"instance": "x", "updated_epoch_s": "yesterday"})
+    board.add_metrics({"instance": "x"})
+    assert board.summaries == {} and board.metrics == {}
+    for i in range(INSTANCES_KEPT + 20):
+        board.add_summary(snapshot(f"run-{i}", NOW + i))
+        board.add_metrics({"instance": f"run-{i}", "epoch_s": NOW + i})
+    assert len(board.summaries) == INSTANCES_KEPT and "run-0" not in board.summaries
+    assert len(board.metrics) == INSTANCES_KEPT and f"run-{INSTANCES_KEPT + 19}" in board.metrics
+
+
+def test_metrics_read_again_after_a_reconnect_are_not_repeated() -> None:
+    board = Board()
+    for t in (1, 2, 3, 2, 3, 4):
+        board.add_metrics({"instance": "a", "epoch_s": NOW + t})
+    assert [m["epoch_s"] - NOW for m in board.metrics["a"]] == [1, 2, 3, 4]

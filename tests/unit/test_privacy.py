@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loginpipe.addresses import mask_ip
 from loginpipe.errors import UserError
@@ -91,3 +93,27 @@ def test_no_raw_ip_or_device_id_in_any_record_built_in_privacy_mode() -> None:
     blob = b"\n".join(_record_bytes(o) for o in result.outputs)
     leaked = [s for s in secrets if s.encode() in blob]
     assert len(secrets) > 300 and leaked == []
+
+
+def test_a_value_too_deep_to_write_back_is_dead_lettered_empty() -> None:
+    deep = b'{"ip": "1.2.3.4", "a": ' + b"[" * 300 + b"]" * 300 + b"}"
+    [out] = process_batch([RawRecord("in", 0, 0, 0, b"k", deep)], Aggregates(),
+                          Topology(Routes("out", "dlq", privacy=KEY)), 1.8e9).outputs
+    assert out.topic == "dlq" and out.value is None
+    assert dict(out.headers)["dlq-redacted"] == b"true"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+    lambda children: (st.lists(children, max_size=4)
+                      | st.dictionaries(st.text(max_size=8), children, max_size=4)),
+    max_leaves=30)
+
+
+@given(st.binary(max_size=300) | json_values.map(orjson.dumps)
+       | st.dictionaries(st.sampled_from(["ip", "device_id", "user_id", "timestamp"]), json_values)
+       .map(orjson.dumps))
+def test_privacy_mode_never_raises_on_any_input(value: bytes) -> None:
+    result = process_batch([RawRecord("in", 0, 0, 0, b"k", value)], Aggregates(),
+                           Topology(Routes("out", "dlq", "filtered", privacy=KEY)), 1.8e9)
+    assert result.consumed == result.processed + result.filtered + result.dead_lettered == 1

@@ -6,7 +6,7 @@ import io
 from collections import Counter
 
 from loginpipe.pipeline import BatchResult
-from loginpipe.stats import Stats, Totals, format_summary, percentile, weighted_percentile
+from loginpipe.stats import Stats, Totals, format_summary, weighted_percentile
 
 
 class FixedSampler:
@@ -19,9 +19,8 @@ def batch(n: int) -> BatchResult:
 
 
 def test_percentiles() -> None:
-    assert percentile([], 0.99) == 0.0
-    assert percentile(list(range(1, 101)), 0.99) == 100
-    assert percentile(list(range(1, 101)), 0.5) == 51
+    assert weighted_percentile([], 0.99) == 0.0
+    assert weighted_percentile([(float(v), 1) for v in range(1, 101)], 0.99) == 99
     assert weighted_percentile([(1.0, 99), (50.0, 1)], 0.5) == 1.0
     assert weighted_percentile([(1.0, 98), (50.0, 2)], 0.99) == 50.0
 
@@ -60,3 +59,11 @@ def test_summary_mentions_every_count() -> None:
     assert "consumed 10 in 2.0s (5 msg/s): processed 7, filtered 2, dead-lettered 1" in text
     assert "multi-IP users: 3   shared devices: 1" in text
     assert "filtered by:      not_mobile 2" in text and "dead-lettered by: invalid_ip 1" in text
+
+
+def test_end_to_end_samples_of_big_batches_weigh_more() -> None:
+    stats = Stats(enabled=False, metrics=True, sampler=FixedSampler())
+    stats.record(batch(10), 0.001, [5.0] * 10, e2e_weight=1)  # a small, fast batch
+    stats.record(batch(2000), 0.05, [900.0] * 10, e2e_weight=200)  # a big, slow one, sampled
+    metrics = stats.metrics()
+    assert metrics["end_to_end_ms_p50"] == 900.0 and metrics["end_to_end_ms_max"] == 900.0
