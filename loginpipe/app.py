@@ -41,10 +41,14 @@ from loginpipe.topics import admin_client
 from loginpipe.waiting import any_reachable
 
 POLL_TIMEOUT_MS = 200
+PAUSED_POLL_MS = 50  # while paused for backpressure: notice acknowledgements soon
 LAG_EVERY_S = 1.0
 HEALTH_EVERY_S = 5.0
 # Stays well inside the session timeout: heartbeats wait while a revoked partition drains.
 REVOKE_DRAIN_S = 5.0
+NOT_WRITING_AFTER_S = 10.0  # no acknowledgement for this long while outputs wait: say so
+NO_ASSIGNMENT_AFTER_S = 15.0  # a worker without partitions this long after its start: say so
+CLOSE_GRACE_S = 5.0  # past the shutdown deadline: closing clients, joining threads
 GC_GEN0_THRESHOLD = 50_000
 E2E_SAMPLES_PER_BATCH = 200  # end-to-end latency is sampled: a p99 needs no more
 
@@ -72,6 +76,7 @@ class RunResult:
     elapsed_s: float
     busy_s: float  # first record to last processed
     failed: bool
+    unacknowledged: int = 0  # records read whose outputs were never acknowledged (not committed)
 
 
 class Application:
@@ -88,7 +93,7 @@ class Application:
         self.stats = Stats(config.stats_every, config.stats_interval_s, out=self.out,
                            enabled=not config.quiet, metrics=config.metrics_topic is not None)
         self.failure: str | None = None
-        self.producer = None
+        self.deadline: float | None = None  # monotonic time by which a stop must be done
         self.sender: Sender | None = None
         self.publisher: Publisher | None = None
         self.exporter: Exporter | None = None
@@ -100,9 +105,8 @@ class Application:
         self._check_topics()
         if self.config.metrics_port:
             self.exporter = self._make_exporter()  # first: a taken port fails before any client exists
-        self.producer = self._make_producer()
-        self.sender = Sender(self.producer, self.warn)
-        self.publisher = Publisher(self.config, self.state, self.stats, self.producer, self.warn)
+        self.sender = Sender(self._make_producer, self.warn)
+        self.publisher = Publisher(self.config, self.state, self.stats, self.sender, self.warn)
         if install_signals:
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -116,26 +120,60 @@ class Application:
         try:
             self._supervise(workers)
         finally:
-            self.stop.set()
-            for worker in workers:
-                worker.join()
+            unacknowledged = self._shut_down(workers)
+        result = RunResult(self.stats.totals, self.state.summary(), self.stats.elapsed(),
+                           self.stats.busy(), self.failure is not None, unacknowledged)
+        print(format_summary(result.totals, result.elapsed_s, result.aggregates, result.busy_s,
+                             self.stats.in_flight), file=self.out, flush=True)
+        if unacknowledged:
+            print(f"error: stopped after {self.config.shutdown_timeout_s:g}s with the outputs of "
+                  f"{unacknowledged:,} records unacknowledged (is the broker reachable?); their input "
+                  "offsets stay uncommitted and are read again on the next start",
+                  file=sys.stderr, flush=True)
+        return result
+
+    def begin_stop(self) -> None:
+        """Stop polling; everything still to do must be done by ``self.deadline``."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.config.shutdown_timeout_s
+            if self.sender is not None:
+                self.sender.sending_until = self.deadline
+        self.stop.set()
+
+    def stop_deadline(self) -> float:
+        if self.deadline is not None:
+            return self.deadline
+        return time.monotonic() + self.config.shutdown_timeout_s
+
+    def _shut_down(self, workers: list[Worker]) -> int:
+        """Let the workers commit what is acknowledged by the deadline, publish the final summary,
+        close the producer. Returns how many records' outputs stay unacknowledged."""
+        self.begin_stop()
+        deadline = self.stop_deadline()
+        for worker in workers:  # daemon threads: one stuck in a client call is left behind
+            worker.join(timeout=max(0.0, deadline - time.monotonic()) + CLOSE_GRACE_S)
+        if time.monotonic() < deadline:  # past it, the final snapshots could not be sent anyway
+            self.publisher.settle()
             self.publisher.publish_summary(final=True)
             self.publisher.publish_metrics()
-            self.sender.flush(timeout_s=30.0)
-            self.producer.close(timeout=10)
-            if self.exporter:
-                self.exporter.close()
-        result = RunResult(self.stats.totals, self.state.summary(), self.stats.elapsed(),
-                           self.stats.busy(), self.failure is not None)
-        print(format_summary(result.totals, result.elapsed_s, result.aggregates, result.busy_s),
-              file=self.out, flush=True)
-        return result
+            self.publisher.flush(deadline)
+        unacknowledged = self.stats.in_flight
+        self.sender.close(timeout_s=0.0 if unacknowledged else max(0.0, deadline - time.monotonic()))
+        if self.exporter:
+            self.exporter.close()
+        return unacknowledged
+
+    def acknowledge(self, result) -> None:
+        """A batch's outputs are all acknowledged: count it (a worker's Checkpointer calls this)."""
+        self.stats.acknowledge(result)
+        if self.exporter:
+            self.exporter.acknowledge(result)
 
     def fail(self, description: str) -> None:
         """A worker hit a bug: report it and stop everything (outputs so far are still committed)."""
         self.failure = description
         print(f"error: a worker thread failed:\n{description}", file=sys.stderr, flush=True)
-        self.stop.set()
+        self.begin_stop()
 
     def _on_signal(self, signum, frame) -> None:
         self._interrupts += 1
@@ -143,8 +181,9 @@ class Application:
             print("\nsecond interrupt: exiting now", file=sys.stderr, flush=True)
             os._exit(130)
         print(f"\n{signal.Signals(signum).name}: finishing the batch in flight, flushing, committing "
-              "(Ctrl+C again to exit at once)", file=sys.stderr, flush=True)
-        self.stop.set()
+              f"(at most {self.config.shutdown_timeout_s:g}s; Ctrl+C again to exit at once)",
+              file=sys.stderr, flush=True)
+        self.begin_stop()
 
     def _supervise(self, workers: list[Worker]) -> None:
         idle_s = self.config.stop_when_idle_s
@@ -165,9 +204,37 @@ class Application:
                     if not self.config.quiet:
                         print(f"no records for {idle_s:g}s: stopping", file=self.out, flush=True)
                     return
+            stalled = self._not_writing(workers)
             if now >= next_health:
                 next_health = now + HEALTH_EVERY_S
                 down_since = self._check_health(now, down_since)
+                if stalled and down_since is None:
+                    self._warn_not_writing(stalled)
+                self._check_assignments(workers, now)
+
+    def _not_writing(self, workers: list[Worker]) -> float:
+        """Seconds without an acknowledgement while outputs wait, once that passes
+        ``NOT_WRITING_AFTER_S`` (else 0); kept in the stats for the line, metrics and /metrics."""
+        stalled = max((w.checkpointer.stalled_for() for w in workers if w.checkpointer), default=0.0)
+        self.stats.not_writing_s = stalled if stalled >= NOT_WRITING_AFTER_S else 0.0
+        self.stats.producer_replacements = self.sender.replacements
+        return self.stats.not_writing_s
+
+    def _warn_not_writing(self, stalled: float) -> None:
+        """The broker answers yet nothing is acknowledged: say so, and replace a producer that
+        stays silent past its own delivery timeout (it should have failed by then)."""
+        self.warn(f"not writing for {stalled:.0f}s: the outputs of {self.stats.in_flight:,} records are "
+                  "unacknowledged while the broker answers")
+        if stalled * 1000 >= self.config.delivery_timeout_ms + NOT_WRITING_AFTER_S * 1000:
+            self.sender.replace(self.sender.generation, f"no acknowledgement for {stalled:.0f}s")
+
+    def _check_assignments(self, workers: list[Worker], now: float) -> None:
+        """A worker that never got an assignment is stuck joining the group: say so, with the cause."""
+        for w in workers:
+            if w.assigned_at is None and now - w.started_at >= NO_ASSIGNMENT_AFTER_S:
+                self.warn(f"{w.name} has had no partition assignment for {now - w.started_at:.0f}s: "
+                          f"still looking for the coordinator of group {self.config.group_id} or "
+                          "waiting for the group to rebalance")
 
     @staticmethod
     def _drained(workers: list[Worker]) -> bool:
@@ -207,9 +274,11 @@ class Application:
         self.topology = dataclasses.replace(self.topology, routes=routes)
 
     def _make_exporter(self) -> Exporter:
-        state = self.state
-        exporter = Exporter(lag=self.stats.lag, tracked_users=lambda: len(state.ips_by_user),
-                            tracked_devices=lambda: len(state.users_by_device))
+        state, stats = self.state, self.stats
+        exporter = Exporter(lag=stats.lag, tracked_users=lambda: len(state.ips_by_user),
+                            tracked_devices=lambda: len(state.users_by_device),
+                            in_flight=lambda: stats.in_flight, not_writing=lambda: stats.not_writing_s,
+                            replacements=lambda: stats.producer_replacements)
         exporter.serve(self.config.metrics_port)
         if not self.config.quiet:
             print(f"Prometheus metrics at http://localhost:{self.config.metrics_port}/metrics",
@@ -225,15 +294,19 @@ class Application:
             compression_type="snappy",
             linger_ms=self.config.linger_ms,
             batch_size=self.config.batch_size,
-            delivery_timeout_ms=30_000,
-            request_timeout_ms=10_000,
-            max_block_ms=10_000,
+            delivery_timeout_ms=self.config.delivery_timeout_ms,
+            request_timeout_ms=min(10_000, self.config.delivery_timeout_ms // 2),
+            # A send() that cannot queue (no metadata while the broker is away) gives up this soon,
+            # so a worker is never stuck longer than this in a client call (stops stay bounded).
+            max_block_ms=5_000,
             reconnect_backoff_max_ms=2_000,
             bootstrap_timeout_ms=10_000,
         )
 
     def make_consumer(self, index: int):
+        instance = self.config.group_instance_id
         return KafkaConsumer(
+            group_instance_id=f"{instance}-{index}" if instance else None,
             bootstrap_servers=self.config.bootstrap_servers,
             group_id=self.config.group_id,
             client_id=f"loginpipe-worker-{index}",
@@ -258,11 +331,13 @@ class Worker(threading.Thread):
         self.index = index
         self.app = app
         self.checkpointer: Checkpointer | None = None
-        self._next_offsets: dict = {}
+        self._start_offsets: dict = {}  # first offset read per partition since its assignment
         self._lag_at = 0.0
+        self.started_at = time.monotonic()
         self.assigned_at: float | None = None  # monotonic time of the last partition assignment
         self.partitions = 0  # how many partitions this worker owns
-        self.caught_up = False  # every owned partition read up to its high-water mark
+        self.caught_up = False  # every owned partition acknowledged up to its high-water mark
+        self.paused = False  # reading is paused: too much is unacknowledged
 
     @property
     def pending_records(self) -> int:
@@ -275,12 +350,12 @@ class Worker(threading.Thread):
             self.app.fail(traceback.format_exc())
 
     def _run(self) -> None:
-
         app, config = self.app, self.app.config
         consumer = app.make_consumer(self.index)
-        self.checkpointer = Checkpointer(consumer, app.sender, config.commit_every_records,
-                                         config.commit_interval_ms / 1000, app.warn,
-                                         on_resend=app.stats.count_resend)
+        self.checkpointer = Checkpointer(
+            consumer, app.sender, config.commit_every_records, config.commit_interval_ms / 1000,
+            app.warn, on_acked=app.acknowledge, on_resend=app.stats.count_resend,
+            max_records=config.max_in_flight, max_bytes=config.max_in_flight_mib * 2**20)
         worker = self
 
         class Rebalance(AsyncConsumerRebalanceListener):
@@ -295,32 +370,59 @@ class Worker(threading.Thread):
                 worker.partitions = len(assigned)
                 worker.caught_up = False
                 worker._lag_at = 0.0  # measure soon
+                if worker.paused and assigned:  # new partitions wait like the others
+                    consumer.pause(*assigned)
 
         # Knowing the topic's partitions before joining spares a first, empty assignment and
         # the rebalance that follows it (about 2 s at every start).
-        consumer.partitions_for_topic(config.input_topic)
+        try:
+            consumer.partitions_for_topic(config.input_topic)
+        except KafkaError as exc:  # the broker went away since the start-up check: join anyway
+            app.warn(f"{self.name}: no metadata yet ({exc!r})")
         consumer.subscribe([config.input_topic], listener=Rebalance())
         try:
-            while not app.stop.is_set():
-                try:
-                    polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
-                except KafkaError as exc:  # e.g. the broker went away mid-request: wait, then go on
-                    app.warn(f"poll failed ({exc}); retrying")
-                    app.stop.wait(0.5)
-                    continue
-                if polled:
-                    self._handle(polled)
-                self.checkpointer.maybe_commit()
-                self._update_lag(consumer)
-            self.checkpointer.commit_all()
+            self._loop(consumer)
+            self.checkpointer.commit_all(app.stop_deadline())
         finally:
-            consumer.close(autocommit=False)
+            timeout_s = min(CLOSE_GRACE_S, max(0.5, app.stop_deadline() - time.monotonic()))
+            consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+
+    def _loop(self, consumer) -> None:
+        app, checkpointer = self.app, self.checkpointer
+        max_records = app.config.max_poll_records
+        while not app.stop.is_set():
+            self._backpressure(consumer)
+            try:
+                polled = consumer.poll(timeout_ms=PAUSED_POLL_MS if self.paused else POLL_TIMEOUT_MS,
+                                       max_records=max_records)
+            except KafkaError as exc:  # e.g. the broker went away mid-request: wait, then go on
+                app.warn(f"poll failed ({exc}); retrying")
+                app.stop.wait(0.5)
+                continue
+            if polled:
+                self._handle(polled)
+            checkpointer.collect()
+            checkpointer.maybe_commit()
+            self._update_lag(consumer)
+
+    def _backpressure(self, consumer) -> None:
+        """Pause every partition while too much is unacknowledged; resume at half. Polling goes on
+        while paused, so the group still sees this member and rebalances still reach it."""
+        checkpointer = self.checkpointer
+        if not self.paused and checkpointer.over_limit:
+            self.paused = True
+            consumer.pause(*consumer.assignment())
+            self.app.warn(f"{self.name}: the outputs of {checkpointer.pending_records:,} records are "
+                          "unacknowledged; reading paused until half of them are")
+        elif self.paused and checkpointer.below_resume:
+            self.paused = False
+            consumer.resume(*consumer.paused())
 
     async def hand_over(self, consumer, revoked) -> None:
         """Before partitions go to another member: deliver what is in flight, then commit it."""
-
         checkpointer = self.checkpointer
-        checkpointer.drain(timeout_s=REVOKE_DRAIN_S)
+        if not self.app.stop.is_set():  # when stopping, commit_all has drained already
+            checkpointer.drain(min(time.monotonic() + REVOKE_DRAIN_S, self.app.stop_deadline()))
         offsets = checkpointer.committable()
         if offsets:
             try:
@@ -331,17 +433,18 @@ class Worker(threading.Thread):
                               "the next owner re-reads those records")
         checkpointer.forget(revoked)
         for tp in revoked:
-            self._next_offsets.pop(tp, None)
+            self._start_offsets.pop(tp, None)
 
     def _handle(self, polled: dict) -> None:
         app = self.app
         started = time.perf_counter()
         records = [record for batch in polled.values() for record in batch]
-        offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
+        offsets = {}
+        for tp, batch in polled.items():
+            offsets[tp] = batch[-1].offset + 1
+            self._start_offsets.setdefault(tp, batch[0].offset)
         result = process_batch(records, app.state, app.topology, time.time())
-        futures = app.sender.send_all(result.outputs)
-        self.checkpointer.track(offsets, result.outputs, futures, result.consumed)
-        self._next_offsets.update(offsets)
+        self.checkpointer.send(offsets, result.outputs, result, result.consumed)
         if app.config.show_messages:
             self._show(result.outputs)
         done_ms = time.time() * 1000
@@ -358,7 +461,8 @@ class Worker(threading.Thread):
             print(text, file=self.app.out, flush=True)
 
     def _update_lag(self, consumer) -> None:
-        """Lag of this worker's partitions, from the last fetched high-water marks."""
+        """Records of this worker's partitions not yet acknowledged, from the last fetched
+        high-water marks: what was read but not written still counts as lag."""
 
         now = time.monotonic()
         if now - self._lag_at < LAG_EVERY_S:
@@ -367,7 +471,9 @@ class Worker(threading.Thread):
         lag, known = 0, True
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            position = self._next_offsets.get(tp)
+            position = self.checkpointer.acknowledged_position(tp)
+            if position is None:
+                position = self._start_offsets.get(tp)
             if position is None and highwater is not None:
                 try:
                     position = consumer.position(tp, timeout_ms=100)
@@ -395,5 +501,5 @@ def main(argv: list[str] | None = None) -> int:
     config = pipeline_config(argv)
     tune_gc()
     result = Application(config).run()
-    return 1 if result.failed else 0
+    return 1 if result.failed or result.unacknowledged else 0
 

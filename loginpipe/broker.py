@@ -215,6 +215,16 @@ class LocalBroker:
         self.pid_file.unlink(missing_ok=True)
         return f"{how} (pid {pid})"
 
+    def kill(self) -> str:
+        """Kill the broker at once (SIGKILL, as a crash would): for outage tests."""
+        pid = self.pid()
+        if pid is None:
+            return "not running"
+        os.kill(pid, signal.SIGKILL)
+        _wait_for_exit(pid, 10.0)
+        self.pid_file.unlink(missing_ok=True)
+        return f"killed (pid {pid})"
+
     def status(self) -> str:
         pid = self.pid()
         if pid is None:

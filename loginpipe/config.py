@@ -155,6 +155,12 @@ class PipelineConfig:
     metrics_topic: str | None = METRICS_TOPIC
     metrics_interval_s: float = 5.0
     metrics_port: int | None = None  # None: no Prometheus endpoint
+    # A batch not acknowledged this long after it was queued fails; the producer is then replaced.
+    delivery_timeout_ms: int = 30_000
+    shutdown_timeout_s: float = 20.0  # Ctrl+C/SIGTERM: flush at most this long, then exit 1
+    max_in_flight: int = 20_000  # unacknowledged outputs per worker before it pauses its input
+    max_in_flight_mib: int = 32  # or this many MiB of them
+    group_instance_id: str | None = None  # static membership: restarts in place skip a rebalance
 
 
 def build_pipeline_parser() -> EnvArgumentParser:
@@ -193,6 +199,21 @@ def build_pipeline_parser() -> EnvArgumentParser:
         help="producer batch size in bytes")
     add("--max-tracked-keys", env="MAX_TRACKED_KEYS", type=positive_int,
         default=defaults.max_tracked_keys, help="users (and devices) remembered for distinct counts")
+    add("--delivery-timeout-ms", env="DELIVERY_TIMEOUT_MS", type=positive_int,
+        default=defaults.delivery_timeout_ms,
+        help="an output not acknowledged this long fails; the producer is replaced and it is sent again")
+    add("--shutdown-timeout", env="SHUTDOWN_TIMEOUT", type=positive_float,
+        default=defaults.shutdown_timeout_s,
+        help="on Ctrl+C/SIGTERM, wait at most S seconds for acknowledgements, then exit 1 "
+             "(what is unacknowledged stays uncommitted)")
+    add("--max-in-flight", env="MAX_IN_FLIGHT", type=positive_int, default=defaults.max_in_flight,
+        help="unacknowledged outputs per worker before it pauses reading (memory bound)")
+    add("--max-in-flight-mib", env="MAX_IN_FLIGHT_MIB", type=positive_int,
+        default=defaults.max_in_flight_mib, help="or MiB of them")
+    add("--group-instance-id", env="GROUP_INSTANCE_ID", default=None,
+        help="static group membership: a stable name per process (worker i adds '-i'); a restart "
+             "in place gets its partitions back at once, but a stop leaves them idle for the session "
+             "timeout (10 s); unset: dynamic membership")
     parser.add_argument("--quiet", action="store_true", help="no stats lines, only the final summary")
 
     add("--privacy", env="PRIVACY", type=_flag, default=False, nargs="?", const=True,
@@ -246,5 +267,7 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
         filtered_topic=args.filtered_topic, summary_topic=args.summary_topic,
         summary_every=args.summary_every, summary_interval_s=args.summary_interval,
         metrics_topic=args.metrics_topic, metrics_interval_s=args.metrics_interval,
-        metrics_port=args.metrics_port,
+        metrics_port=args.metrics_port, delivery_timeout_ms=args.delivery_timeout_ms,
+        shutdown_timeout_s=args.shutdown_timeout, max_in_flight=args.max_in_flight,
+        max_in_flight_mib=args.max_in_flight_mib, group_instance_id=args.group_instance_id or None,
     )

@@ -26,10 +26,13 @@ class Exporter:
     """The pipeline's Prometheus metrics and the HTTP server that serves them."""
 
     def __init__(self, lag: Callable[[], float], tracked_users: Callable[[], float],
-                 tracked_devices: Callable[[], float]) -> None:
+                 tracked_devices: Callable[[], float], in_flight: Callable[[], float] = lambda: 0,
+                 not_writing: Callable[[], float] = lambda: 0,
+                 replacements: Callable[[], float] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
         r, ns = self.registry, NAMESPACE
-        self.consumed = Counter("records_consumed", "Records read from the input topic.",
+        self.consumed = Counter("records_consumed", "Records read from the input topic whose outputs "
+                                "are acknowledged (the rest are in_flight_records).",
                                 namespace=ns, registry=r)
         self.processed = Counter("records_processed", "Valid, kept events written to the output topic.",
                                  namespace=ns, registry=r)
@@ -44,6 +47,12 @@ class Exporter:
                                     namespace=ns, registry=r, buckets=BATCH_SIZE_BUCKETS)
         Gauge("consumer_lag_records", "Records behind the input partitions' high-water marks.",
               namespace=ns, registry=r).set_function(lag)
+        Gauge("in_flight_records", "Records read whose outputs the broker has not acknowledged yet.",
+              namespace=ns, registry=r).set_function(in_flight)
+        Gauge("not_writing_seconds", "Seconds without an acknowledgement while outputs are pending "
+              "(0 when writing).", namespace=ns, registry=r).set_function(not_writing)
+        Gauge("producer_replacements", "Times the producer was replaced after it stopped delivering.",
+              namespace=ns, registry=r).set_function(replacements)
         Gauge("state_tracked_users", "Users remembered for distinct-IP counts.",
               namespace=ns, registry=r).set_function(tracked_users)
         Gauge("state_tracked_devices", "Devices remembered for distinct-user counts.",
@@ -55,14 +64,17 @@ class Exporter:
         self._server = None
 
     def record(self, result: BatchResult, processing_s: float) -> None:
-        """Count one batch."""
+        """Time one processed batch."""
+        self.batch_seconds.observe(processing_s)
+        self.batch_size.observe(result.consumed)
+
+    def acknowledge(self, result: BatchResult) -> None:
+        """Count one batch whose outputs are all acknowledged."""
         self.consumed.inc(result.consumed)
         self.processed.inc(result.processed)
         for reason, n in result.reasons.items():
             family = self.dead_lettered if reason in DEAD_LETTER_REASONS else self.filtered
             family.labels(reason).inc(n)
-        self.batch_seconds.observe(processing_s)
-        self.batch_size.observe(result.consumed)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Serve /metrics on ``port`` in a daemon thread; a taken port is a UserError."""

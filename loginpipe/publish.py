@@ -2,8 +2,12 @@
 from a worker's poll loop. Each record is keyed by the pipeline instance, so a reader of the
 compacted summary topic keeps the latest snapshot of each instance.
 
-Snapshots are best effort: a failed send is reported and the next snapshot replaces it. They
-are not part of the checkpoint (they describe the stream; they are not its output).
+Snapshots are not part of the checkpoint (they describe the stream; they are not its output),
+but none is lost to a failed delivery: each waits in ``_pending`` until acknowledged and is sent
+again, through the replacement producer when the old one failed. A newer summary supersedes an
+unacknowledged older one (the compacted topic would keep only the newest anyway); metrics queue
+up to ``MAX_PENDING_SNAPSHOTS``, and while that many wait no new one is taken (a gap, said in a
+warning, rather than a growing queue).
 """
 
 from __future__ import annotations
@@ -12,13 +16,27 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 
 from loginpipe.config import PipelineConfig
+from loginpipe.delivery import NotQueued, Sender
+from loginpipe.route import OutputRecord
 from loginpipe.state import Aggregates
 from loginpipe.stats import Stats
 from loginpipe.summary import build_summary, iso
+
+MAX_PENDING_SNAPSHOTS = 720  # an hour of metrics every 5 s
+
+
+@dataclass
+class _Snapshot:
+    kind: str
+    topic: str
+    value: bytes
+    future: object = None
+    generation: int = -1
 
 
 def instance_id(group_id: str) -> str:
@@ -27,13 +45,14 @@ def instance_id(group_id: str) -> str:
 
 
 class Publisher:
-    def __init__(self, config: PipelineConfig, state: Aggregates, stats: Stats, producer,
+    def __init__(self, config: PipelineConfig, state: Aggregates, stats: Stats, sender: Sender,
                  warn: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.state = state
         self.stats = stats
-        self.producer = producer
+        self.sender = sender
+        self._pending: list[_Snapshot] = []
         self.warn = warn
         self.clock = clock
         self.wall_clock = wall_clock
@@ -46,7 +65,8 @@ class Publisher:
         self.published = {"summary": 0, "metrics": 0}
 
     def tick(self) -> None:
-        """Publish whatever is due."""
+        """Settle earlier snapshots, then publish whatever is due."""
+        self.settle()
         config, now = self.config, self.clock()
         if config.summary_topic:
             processed = self.stats.totals.processed  # an int read: no lock needed to decide
@@ -78,11 +98,47 @@ class Publisher:
         self._send(config.metrics_topic, value, "metrics")
         self._metrics_at = self.clock()
 
+    @property
+    def pending(self) -> int:
+        """Snapshots sent and not yet acknowledged."""
+        return len(self._pending)
+
+    def settle(self) -> None:
+        """Drop acknowledged snapshots; send again those that failed or a replaced producer holds."""
+        keep = []
+        for snap in self._pending:
+            future = snap.future
+            if future.succeeded():
+                continue
+            if future.failed():
+                if not isinstance(future.exception, NotQueued):
+                    self.sender.replace(snap.generation, f"{snap.kind} snapshot: {future.exception!r}")
+                self._put(snap)
+            elif snap.generation != self.sender.generation:
+                self._put(snap)
+            keep.append(snap)
+        self._pending = keep
+
+    def flush(self, deadline: float) -> None:
+        """Wait until ``deadline`` (clock time) for every snapshot to be acknowledged."""
+        self.settle()
+        while self._pending and self.clock() < deadline:
+            self.sender.flush(timeout_s=max(0.05, min(1.0, deadline - self.clock())))
+            self.settle()
+
     def _send(self, topic: str, value: dict, kind: str) -> None:
-        try:
-            future = self.producer.send(topic, key=self._key, value=orjson.dumps(value))
-        except Exception as exc:  # the producer's buffer is full or the broker is away
-            self.warn(f"{kind} snapshot not published ({exc!r}); the next one replaces it")
+        if kind == "summary":  # the newest summary supersedes one still waiting
+            self._pending = [s for s in self._pending if s.kind != "summary"]
+        elif sum(s.kind == kind for s in self._pending) >= MAX_PENDING_SNAPSHOTS:
+            self.warn(f"{kind} snapshot not taken: {MAX_PENDING_SNAPSHOTS} earlier ones wait for the broker")
             return
-        future.add_errback(lambda exc: self.warn(f"{kind} snapshot not delivered ({exc!r})"))
+        snap = _Snapshot(kind, topic, orjson.dumps(value))
+        self._put(snap)
+        self._pending.append(snap)
         self.published[kind] += 1
+
+    def _put(self, snap: _Snapshot) -> None:
+        """Hand a snapshot to the current producer (a refusal to queue fails its future: retried)."""
+        snap.generation = self.sender.generation
+        record = OutputRecord(snap.topic, self._key, snap.value)
+        snap.future = self.sender.send_all([record])[0]

@@ -9,17 +9,17 @@ from dataclasses import dataclass
 
 import orjson
 
-from loginpipe import enrich, risk
+from loginpipe import enrich, events, risk
 from loginpipe.contracts import OUTPUT_SCHEMA_ID
 from loginpipe.events import LoginEvent, RawRecord, Rejection
-from loginpipe.privacy import Privacy
+from loginpipe.privacy import ENVELOPE_SCHEME, Privacy, SourcePosition
 from loginpipe.state import Snapshot
 from loginpipe.topics import DLQ_TOPIC, OUTPUT_TOPIC
 
 # Headers on every dead letter.
 REASON_HEADER = "dlq-reason"
 DETAIL_HEADER = "dlq-detail"
-REDACTED_HEADER = "dlq-redacted"  # privacy mode: the value was not a JSON object, so it is empty
+ENCRYPTED_HEADER = "dlq-encrypted"  # privacy mode: the value is an envelope (privacy.py) of this scheme
 SOURCE_TOPIC_HEADER = "source-topic"
 SOURCE_PARTITION_HEADER = "source-partition"
 SOURCE_OFFSET_HEADER = "source-offset"
@@ -121,33 +121,63 @@ def _source_headers(source: RawRecord) -> list[tuple[str, bytes]]:
 
 
 def filtered_record(routes: Routes, source: RawRecord, event: LoginEvent, reason: str) -> OutputRecord:
-    """A filtered event for the filtered topic: the original bytes, or in privacy mode the
-    event's fields with its ip and device_id masked; the reason in a header."""
-    value = source.value
+    """A filtered event for the filtered topic: the original bytes and key, or in privacy mode the
+    event's fields with its ip and device_id masked, keyed by user_id as processed records are
+    (the input's key could be anything, an IP too); the reason in a header."""
+    key, value = source.key, source.value
     privacy = routes.privacy
     if privacy:
+        key = event.user_id.encode()
         value = orjson.dumps({
             "user_id": event.user_id, "app_version": event.app_version, "device_type": event.device_type,
             "ip": privacy.masked_ip(event.ip), "locale": event.locale,
             "device_id": privacy.device_token(event.device_id), "timestamp": event.timestamp,
         })
     headers = [(FILTER_REASON_HEADER, reason.encode()), *_source_headers(source)]
-    return OutputRecord(routes.filtered_topic or "", source.key, value, headers)
+    return OutputRecord(routes.filtered_topic or "", key, value, headers)
 
 
 def dead_letter(routes: Routes, source: RawRecord, rejection: Rejection) -> OutputRecord:
     """The original bytes, untouched, with the reason and the source position in headers. In
-    privacy mode the value and the detail are redacted (``Privacy.redact_value``)."""
-    value, detail = source.value, rejection.detail
-    headers = [(REASON_HEADER, rejection.reason.encode())]
-    privacy = routes.privacy
-    if privacy:
-        detail = privacy.redact_text(detail)
-        value = privacy.redact_value(value)
-        if value is None and source.value is not None:
-            headers.append((REDACTED_HEADER, b"true"))
-    headers.append((DETAIL_HEADER, detail.encode("utf-8", "replace")))
-    headers.extend(_source_headers(source))
+    privacy mode, sealed instead: see ``_sealed_dead_letter``."""
+    if routes.privacy:
+        return _sealed_dead_letter(routes.dlq_topic, routes.privacy, source, rejection)
+    headers = [(REASON_HEADER, rejection.reason.encode()),
+               (DETAIL_HEADER, rejection.detail.encode("utf-8", "replace")), *_source_headers(source)]
+    value = source.value
     if value is None and source.key is None:
         value = b""  # Kafka needs a key or a value; dlq-detail says the input was null
     return OutputRecord(routes.dlq_topic, source.key, value, headers)
+
+
+# Privacy mode's dlq-detail: a fixed text per reason. The parser's own detail may quote the
+# input (an invalid ip, say), so it travels inside the envelope only.
+GENERIC_DETAILS = {
+    events.TOO_LARGE: f"more than {events.MAX_EVENT_BYTES} bytes",
+    events.NOT_UTF8: "value is not valid UTF-8",
+    events.INVALID_JSON: "value is not JSON, or null",
+    events.NOT_AN_OBJECT: "JSON value is not an object",
+    events.MISSING_FIELD: "a required field is missing",
+    events.WRONG_TYPE: "a field has the wrong type",
+    events.EMPTY_OR_LONG: "a field is empty or too long",
+    events.INVALID_TIMESTAMP: "timestamp is not a number or numeric string",
+    events.NEGATIVE_TIMESTAMP: "timestamp is negative",
+    events.FUTURE_TIMESTAMP: "timestamp is too far in the future",
+    events.INVALID_IP: "ip is not an IPv4 or IPv6 address",
+    events.INVALID_APP_VERSION: "app_version is not x.y.z",
+}
+SEALED_DETAIL_SUFFIX = " (details in the encrypted value)"
+
+
+def _sealed_dead_letter(topic: str, privacy: Privacy, source: RawRecord, rejection: Rejection
+                        ) -> OutputRecord:
+    """Privacy mode: no shape of bad input can be searched for IPs safely, so the key, value and
+    full detail are sealed whole (``Privacy.seal``) and recoverable with the secret. The key
+    becomes its keyed token: records with the same key still share a partition."""
+    position = SourcePosition(source.topic, source.partition, source.offset)
+    envelope = privacy.seal(position, source.key, source.value, rejection.detail)
+    key = None if source.key is None else privacy.token(source.key)
+    detail = GENERIC_DETAILS.get(rejection.reason, "rejected") + SEALED_DETAIL_SUFFIX
+    headers = [(REASON_HEADER, rejection.reason.encode()), (DETAIL_HEADER, detail.encode()),
+               (ENCRYPTED_HEADER, ENVELOPE_SCHEME.encode()), *_source_headers(source)]
+    return OutputRecord(topic, key, envelope, headers)

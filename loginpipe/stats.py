@@ -118,7 +118,10 @@ class Stats:
         self.sampler = sampler or ProcessSampler()
         self.clock = clock
         self.enabled = enabled
-        self.totals = Totals()
+        self.totals = Totals()  # acknowledged: consumed == processed + filtered + dead_lettered
+        self.read = 0  # records read, acknowledged or not
+        self.not_writing_s = 0.0  # set by the supervisor: no acknowledgement for this long
+        self.producer_replacements = 0  # set by the supervisor
         self.started = clock()
         self.first_batch_at: float | None = None  # when the first batch arrived (before processing)
         self.last_record_at: float | None = None  # when the last batch was done
@@ -130,8 +133,9 @@ class Stats:
 
     def record(self, result: BatchResult, processing_s: float, e2e_ms: list[float],
                e2e_weight: int = 1) -> None:
-        """Add one batch; print a line when ``stats_every`` messages have passed. ``e2e_ms`` are
-        sampled records' latencies, each standing for ``e2e_weight`` records."""
+        """Add one batch as read and processed (its counts wait for ``acknowledge``); print a line
+        when ``stats_every`` messages have passed. ``e2e_ms`` are sampled records' latencies, each
+        standing for ``e2e_weight`` records."""
         now = self.clock()
         with self._lock:
             if self.first_batch_at is None:
@@ -140,19 +144,29 @@ class Stats:
                 self._window.start = self.first_batch_at
                 if self._metrics:
                     self._metrics.start = self.first_batch_at
-            self.totals.add(result)
+            self.read += result.consumed
             self.last_record_at = now
             if self.enabled:  # --quiet keeps no samples for lines
                 self._window.add(result.consumed, processing_s, e2e_ms, e2e_weight)
             if self._metrics:
                 self._metrics.add(result.consumed, processing_s, e2e_ms, e2e_weight)
-            due = (self.enabled and self.interval_s <= 0
-                   and self.totals.consumed >= self._next_line_at)
+            due = self.enabled and self.interval_s <= 0 and self.read >= self._next_line_at
             if due:
                 line = self._line(now)
-                self._next_line_at = (self.totals.consumed // self.stats_every + 1) * self.stats_every
+                self._next_line_at = (self.read // self.stats_every + 1) * self.stats_every
         if due:
             print(line, file=self.out, flush=True)
+
+    def acknowledge(self, result: BatchResult) -> None:
+        """Count a batch whose every output the broker has acknowledged: only now is it processed,
+        filtered or dead-lettered in the totals (and in the stats line, summaries and metrics)."""
+        with self._lock:
+            self.totals.add(result)
+
+    @property
+    def in_flight(self) -> int:
+        """Records read whose outputs are not all acknowledged yet."""
+        return self.read - self.totals.consumed
 
     def tick(self) -> None:
         """Print a line if ``interval_s`` has passed (time-based mode); called by the main thread."""
@@ -177,6 +191,7 @@ class Stats:
             if self._metrics:
                 self._metrics = Window(now)
             totals = (t.consumed, t.processed, t.filtered, t.dead_lettered, t.resent)
+            in_flight = self.read - t.consumed
         span = window.span(now)
         sizes = [n for _, n in window.proc]
         cpu, rss, mem = self.sampler.read()
@@ -189,6 +204,9 @@ class Stats:
             "filtered_total": filtered,
             "dead_lettered_total": dead_lettered,
             "resent_total": resent,
+            "in_flight": in_flight,
+            "not_writing_s": round(self.not_writing_s, 1),
+            "producer_replacements": self.producer_replacements,
             "consumer_lag": self.lag(),
             "batches": len(sizes),
             "batch_size_avg": round(sum(sizes) / len(sizes), 1) if sizes else 0.0,
@@ -218,17 +236,19 @@ class Stats:
         """Format the current line and start a new interval; the caller holds the lock."""
         t, window = self.totals, self._window
         span = window.span(now)
-        overall = t.consumed / max(now - self.started, 1e-9)
+        overall = self.read / max(now - self.started, 1e-9)
         proc_total = sum(w for _, w in window.proc) or 1
         proc_avg_ms = 1000 * sum(s * w for s, w in window.proc) / proc_total
         proc_p99_ms = 1000 * weighted_percentile(window.proc, 0.99)
         e2e_p99 = weighted_percentile(window.e2e, 0.99)
         cpu, rss, mem = self.sampler.read()
-        line = (f"[stats] {t.consumed:,} msgs | {window.consumed / span:,.0f} msg/s now, "
+        line = (f"[stats] {self.read:,} msgs | {window.consumed / span:,.0f} msg/s now, "
                 f"{overall:,.0f} avg | latency avg {proc_avg_ms:.2f} ms p99 {proc_p99_ms:.2f} ms, "
                 f"e2e p99 {e2e_p99:,.0f} ms | cpu {cpu:.0f}% rss {rss / 2**20:,.0f} MiB mem {mem:.0f}% | "
-                f"processed {t.processed:,} filtered {t.filtered:,} dlq {t.dead_lettered:,} | "
-                f"lag {self.lag():,}")
+                f"processed {t.processed:,} filtered {t.filtered:,} dlq {t.dead_lettered:,} "
+                f"in flight {self.read - t.consumed:,} | lag {self.lag():,}")
+        if self.not_writing_s:
+            line += f" | not writing for {self.not_writing_s:.0f}s"
         self._window = Window(now)
         return line
 
@@ -242,8 +262,10 @@ class Stats:
         return self.last_record_at - self.first_batch_at
 
 
-def format_summary(totals: Totals, elapsed_s: float, aggregates: dict, busy_s: float = 0.0) -> str:
-    """The final summary printed when the consumer stops."""
+def format_summary(totals: Totals, elapsed_s: float, aggregates: dict, busy_s: float = 0.0,
+                   in_flight: int = 0) -> str:
+    """The final summary printed when the consumer stops. ``totals`` count acknowledged records;
+    ``in_flight`` more were read whose outputs were never acknowledged (they are read again)."""
     def top(pairs: list[tuple[str, int]]) -> str:
         return ", ".join(f"{label} ({count:,})" for label, count in pairs) or "-"
 
@@ -257,7 +279,9 @@ def format_summary(totals: Totals, elapsed_s: float, aggregates: dict, busy_s: f
         "=" * 24 + " summary " + "=" * 24,
         f"consumed {totals.consumed:,} in {elapsed_s:,.1f}s ({rate:,.0f} msg/s): "
         f"processed {totals.processed:,}, filtered {totals.filtered:,}, "
-        f"dead-lettered {totals.dead_lettered:,}",
+        f"dead-lettered {totals.dead_lettered:,}"
+        + (f"; {in_flight:,} more read but not acknowledged (uncommitted: read again next start)"
+           if in_flight else ""),
         f"top app versions: {top(aggregates['top_app_versions'])}",
         f"top locales:      {top(aggregates['top_locales'])}",
         f"device types:     {top(aggregates['device_types'])}",

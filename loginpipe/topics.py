@@ -28,7 +28,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     # 'producer' keeps the pipeline's snappy batches as they were written.
     TopicSpec(OUTPUT_TOPIC, "validated, normalized, enriched events",
               configs={"compression.type": "producer"}),
-    TopicSpec(DLQ_TOPIC, "rejected input: original bytes, reason in headers",
+    TopicSpec(DLQ_TOPIC, "rejected input: original bytes (privacy mode: encrypted), reason in headers",
               configs={"retention.ms": str(14 * 24 * 3600 * 1000)}),
     TopicSpec(FILTERED_TOPIC, "valid events filtered out (--filtered-topic), reason in a header",
               configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),

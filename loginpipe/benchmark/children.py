@@ -175,8 +175,8 @@ def _pass_through_kafka_python(args) -> int:
     tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
     config = _child_pipeline_config(args, args.output_topic)
     app = Application(config, out=io.StringIO())
-    producer = app._make_producer()  # the pipeline's own producer settings (snappy, linger, acks=all, ...)
-    sender = Sender(producer, app.warn)
+    # The pipeline's own producer settings (snappy, linger, acks=all, ...) and delivery path.
+    sender = Sender(app._make_producer, app.warn)
     consumer = app.make_consumer(0)
     checkpointer = Checkpointer(consumer, sender, config.commit_every_records,
                                 config.commit_interval_ms / 1000, app.warn)
@@ -194,17 +194,17 @@ def _pass_through_kafka_python(args) -> int:
                 outputs = [OutputRecord(out_topic, r.key, r.value, partition=r.partition)
                            for batch in polled.values() for r in batch]
                 offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
-                futures = sender.send_all(outputs)
-                checkpointer.track(offsets, outputs, futures, len(outputs))
+                checkpointer.send(offsets, outputs, None, len(outputs))
                 times.got(len(outputs), polled_at)
             else:
                 times.check_idle()
+            checkpointer.collect()
             checkpointer.maybe_commit()
-        all_committed = checkpointer.commit_all(timeout_s=60.0)
+        all_committed = checkpointer.commit_all(deadline=time.monotonic() + 60.0)
         acked_at = time.monotonic()
     finally:
         consumer.close(autocommit=False)
-        producer.close(timeout=10)
+        sender.close(timeout_s=10)
     if not all_committed:
         raise UserError("some outputs were never acknowledged")
     _print_timing(times.count, time.monotonic() - times.started, times.busy_s,

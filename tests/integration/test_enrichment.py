@@ -16,7 +16,7 @@ from loginpipe import contracts
 from loginpipe.events import REASONS as DEAD_LETTER_REASONS
 from loginpipe.filters import APP_VERSION, NOT_MOBILE, STALE
 from loginpipe.generator import GOOD, Generated
-from loginpipe.route import FILTER_REASON_HEADER
+from loginpipe.route import ENCRYPTED_HEADER, FILTER_REASON_HEADER
 from tests.helpers import (
     create_pipeline_topics,
     generated,
@@ -167,8 +167,9 @@ def test_filters_route_with_reasons_and_summaries_agree_with_the_accounting(boot
     assert all(m["consumer_lag"] >= 0 and m["rss_bytes"] > 0 for m in metrics)
 
 
-def _everything_in(bootstrap: str, topic: str, at_least: int) -> bytes:
-    """Keys, values and headers of every record of a topic, as one blob to search."""
+def everything_in(bootstrap: str, topic: str, at_least: int) -> bytes:
+    """Keys, values and headers of every record of a topic, as one blob to search (test_privacy_fuzz
+    uses it too)."""
     parts = []
     for r in read_topic(bootstrap, topic, at_least):
         parts += [r.key or b"", r.value or b""]
@@ -194,11 +195,11 @@ def test_privacy_mode_leaks_no_raw_ip_or_device_id(bootstrap: str, topic_name, t
     assert consumed == len(records) and dead > 400 and filtered > 100
 
     blob = b"\n".join([
-        _everything_in(bootstrap, topics.output, processed),
-        _everything_in(bootstrap, topics.dlq, dead),
-        _everything_in(bootstrap, topics.filtered, filtered),
-        _everything_in(bootstrap, topics.summary, 1),
-        _everything_in(bootstrap, topics.metrics, 1),
+        everything_in(bootstrap, topics.output, processed),
+        everything_in(bootstrap, topics.dlq, dead),
+        everything_in(bootstrap, topics.filtered, filtered),
+        everything_in(bootstrap, topics.summary, 1),
+        everything_in(bootstrap, topics.metrics, 1),
         out.read_bytes(), err.read_bytes(),
     ])
     secrets = raw_values(r.value for r in records)
@@ -208,6 +209,11 @@ def test_privacy_mode_leaks_no_raw_ip_or_device_id(bootstrap: str, topic_name, t
     outputs = [orjson.loads(r.value) for r in read_topic(bootstrap, topics.output, processed)]
     assert all(o["privacy"] is True and len(o["device_id"]) == 32 for o in outputs)
     assert "2606:4700:4700::" in {o["ip"] for o in outputs}  # the IPv6 /64 prefix is kept
+    # Dead letters are sealed whole; filtered events are keyed by user_id, as processed ones.
+    assert all(dict(r.headers)[ENCRYPTED_HEADER] == b"aes-256-gcm/v1"
+               for r in read_topic(bootstrap, topics.dlq, dead))
+    assert all(r.key == orjson.loads(r.value)["user_id"].encode()
+               for r in read_topic(bootstrap, topics.filtered, filtered))
 
 
 def test_privacy_mode_without_a_secret_is_a_one_line_error() -> None:

@@ -11,13 +11,19 @@ from loginpipe.prometheus import Exporter
 
 
 def test_counts_follow_the_batches() -> None:
-    exporter = Exporter(lag=lambda: 42, tracked_users=lambda: 7, tracked_devices=lambda: 8)
-    exporter.record(BatchResult(consumed=10, processed=6, filtered=3, dead_lettered=1,
-                                reasons=Counter({"not_mobile": 3, "invalid_json": 1})), 0.004)
-    exporter.record(BatchResult(consumed=5, processed=5), 0.002)
+    exporter = Exporter(lag=lambda: 42, tracked_users=lambda: 7, tracked_devices=lambda: 8,
+                        in_flight=lambda: 5, not_writing=lambda: 12.5, replacements=lambda: 1)
+    first = BatchResult(consumed=10, processed=6, filtered=3, dead_lettered=1,
+                        reasons=Counter({"not_mobile": 3, "invalid_json": 1}))
+    second = BatchResult(consumed=5, processed=5)
+    exporter.record(first, 0.004)
+    exporter.record(second, 0.002)
+    exporter.acknowledge(first)  # the second batch is still in flight
     text = generate_latest(exporter.registry).decode()
-    assert "loginpipe_records_consumed_total 15.0" in text
-    assert "loginpipe_records_processed_total 11.0" in text
+    assert "loginpipe_records_consumed_total 10.0" in text
+    assert "loginpipe_records_processed_total 6.0" in text
+    assert "loginpipe_in_flight_records 5.0" in text and "loginpipe_not_writing_seconds 12.5" in text
+    assert "loginpipe_producer_replacements 1.0" in text
     assert 'loginpipe_records_filtered_total{reason="not_mobile"} 3.0' in text
     assert 'loginpipe_records_filtered_total{reason="stale"} 0.0' in text
     assert 'loginpipe_records_dead_lettered_total{reason="invalid_json"} 1.0' in text
@@ -30,5 +36,5 @@ def test_counts_follow_the_batches() -> None:
 def test_two_exporters_do_not_share_metrics() -> None:
     one = Exporter(lag=lambda: 0, tracked_users=lambda: 0, tracked_devices=lambda: 0)
     two = Exporter(lag=lambda: 0, tracked_users=lambda: 0, tracked_devices=lambda: 0)
-    one.record(BatchResult(consumed=3), 0.001)
+    one.acknowledge(BatchResult(consumed=3))
     assert "loginpipe_records_consumed_total 0.0" in generate_latest(two.registry).decode()

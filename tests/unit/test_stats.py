@@ -30,12 +30,22 @@ def test_a_line_every_n_messages_not_more_than_one_per_batch() -> None:
     stats = Stats(stats_every=100, out=out, sampler=FixedSampler())
     for _ in range(5):
         stats.record(batch(40), 0.001, [5.0] * 40)  # 200 messages: lines at 120 and 200
+        stats.acknowledge(batch(40))
     stats.record(batch(1000), 0.002, [7.0] * 1000)  # crosses ten multiples: one line
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
     assert lines[-1].startswith("[stats] 1,200 msgs")
     assert "cpu 12% rss 50 MiB mem 30%" in lines[-1]
-    assert "processed 1,188 filtered 6 dlq 6" in lines[-1]
+    # Only acknowledged batches count as processed; the last one is still in flight.
+    assert "processed 190 filtered 5 dlq 5 in flight 1,000" in lines[-1]
+
+
+def test_not_writing_is_said_on_the_line() -> None:
+    out = io.StringIO()
+    stats = Stats(stats_every=10, out=out, sampler=FixedSampler())
+    stats.not_writing_s = 42.0
+    stats.record(batch(10), 0.001, [])
+    assert out.getvalue().rstrip().endswith("| not writing for 42s")
 
 
 def test_time_based_mode_prints_on_tick_only() -> None:
@@ -53,10 +63,11 @@ def test_time_based_mode_prints_on_tick_only() -> None:
 def test_summary_mentions_every_count() -> None:
     totals = Totals(consumed=10, processed=7, filtered=2, dead_lettered=1,
                     reasons=Counter({"not_mobile": 2, "invalid_ip": 1}))
-    text = format_summary(totals, 2.0, {"top_app_versions": [("2.3.0", 7)], "top_locales": [],
-                                        "device_types": [("ios", 7)], "multi_ip_users": 3,
-                                        "shared_devices": 1, "tracked_users": 5, "tracked_devices": 4})
-    assert "consumed 10 in 2.0s (5 msg/s): processed 7, filtered 2, dead-lettered 1" in text
+    aggregates = {"top_app_versions": [("2.3.0", 7)], "top_locales": [], "device_types": [("ios", 7)],
+                  "multi_ip_users": 3, "shared_devices": 1, "tracked_users": 5, "tracked_devices": 4}
+    text = format_summary(totals, 2.0, aggregates)
+    assert "consumed 10 in 2.0s (5 msg/s): processed 7, filtered 2, dead-lettered 1\n" in text
+    assert "more read but not acknowledged" in format_summary(totals, 2.0, aggregates, in_flight=3)
     assert "multi-IP users: 3   shared devices: 1" in text
     assert "filtered by:      not_mobile 2" in text and "dead-lettered by: invalid_ip 1" in text
 
