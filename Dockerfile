@@ -2,7 +2,7 @@
 # and the dashboard.
 #
 #   docker build -t loginpipe .
-#   docker run --rm loginpipe python -m loginpipe.generator --help
+#   docker run --rm loginpipe python -m loginpipe.local.generator --help
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \

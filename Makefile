@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test bench image lint dashboard chromium kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
 
 run: $(STAMP) kafka-fetch          ## broker + topics + generator + consumer; Ctrl+C stops it
-	$(PY) -m loginpipe.stack
+	$(PY) -m loginpipe.local.stack
 
 test: $(STAMP) kafka-fetch chromium  ## unit + integration tests against a real local broker
 	$(PY) -m pytest
@@ -34,26 +34,26 @@ $(STAMP): requirements.txt requirements-dashboard.txt requirements-dev.txt
 	touch $(STAMP)
 
 kafka-fetch: $(STAMP)
-	$(PY) -m loginpipe.broker fetch
+	$(PY) -m loginpipe.local.broker fetch
 
 kafka-start: kafka-fetch
-	$(PY) -m loginpipe.broker start
+	$(PY) -m loginpipe.local.broker start
 
 kafka-stop: $(STAMP)
-	$(PY) -m loginpipe.broker stop
+	$(PY) -m loginpipe.local.broker stop
 
 kafka-status: $(STAMP)
-	$(PY) -m loginpipe.broker status
+	$(PY) -m loginpipe.local.broker status
 
 kafka-logs: $(STAMP)
-	$(PY) -m loginpipe.broker logs
+	$(PY) -m loginpipe.local.broker logs
 
 topics: $(STAMP)
 	$(PY) create_kafka_topic.py
 
 generate: $(STAMP)
-	$(PY) -m loginpipe.generator
+	$(PY) -m loginpipe.local.generator
 
 clean:                             ## stops the broker, removes the venv and all Kafka files
-	-$(PY) -m loginpipe.broker stop
+	-$(PY) -m loginpipe.local.broker stop
 	rm -rf $(VENV) .kafka .pytest_cache .ruff_cache .hypothesis

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Run the login-event pipeline: a threaded consumer group from user-login to
-processed-user-login (see loginpipe/app.py; `--help` lists every flag)."""
+processed-user-login (see loginpipe/runtime/app.py; `--help` lists every flag)."""
 
 import sys
 
-from loginpipe.app import main
 from loginpipe.config import run_cli
+from loginpipe.runtime.app import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

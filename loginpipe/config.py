@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from loginpipe.core.events import MAX_FUTURE_SKEW_S, is_app_version
+from loginpipe.core.privacy import SECRET_ENV, Privacy
+from loginpipe.core.state import DEFAULT_MAX_TRACKED_KEYS
 from loginpipe.errors import UserError
-from loginpipe.events import MAX_FUTURE_SKEW_S, is_app_version
-from loginpipe.privacy import SECRET_ENV, Privacy
-from loginpipe.state import DEFAULT_MAX_TRACKED_KEYS
 from loginpipe.topics import (
     DLQ_TOPIC,
     FILTERED_TOPIC,

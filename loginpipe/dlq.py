@@ -3,7 +3,7 @@
     PRIVACY_SECRET=... python -m loginpipe.dlq decrypt --partition 0 --offset 42 > original.bin
     PRIVACY_SECRET=... python -m loginpipe.dlq decrypt --file envelope.bin --json
 
-In privacy mode a dead letter's value is an envelope (``loginpipe/privacy.py``) holding the input
+In privacy mode a dead letter's value is an envelope (``loginpipe/core/privacy.py``) holding the input
 record's key and value, byte for byte, and the full rejection detail; only the holder of
 $PRIVACY_SECRET can open it. By default the original value goes to stdout as raw bytes.
 """
@@ -19,9 +19,14 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 import orjson
 
 from loginpipe.config import EnvArgumentParser, add_bootstrap_argument, run_cli
+from loginpipe.core.privacy import SECRET_ENV, EnvelopeError, NotAnEnvelope, Privacy, Sealed, SourcePosition
+from loginpipe.core.records import (
+    REASON_HEADER,
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TOPIC_HEADER,
+)
 from loginpipe.errors import UserError
-from loginpipe.privacy import SECRET_ENV, EnvelopeError, NotAnEnvelope, Privacy, Sealed, SourcePosition
-from loginpipe.route import REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER
 from loginpipe.topics import DLQ_TOPIC
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from scripts/: the package is one folder up
 
-from loginpipe.broker import LocalBroker  # noqa: E402
+from loginpipe.local.broker import LocalBroker  # noqa: E402
 from loginpipe.topics import TopicSpec, delete_topics, ensure_topics  # noqa: E402
 from loginpipe.waiting import wait_until  # noqa: E402
 
@@ -163,7 +163,7 @@ def capture(output: Path) -> Path:
         wait_for("the consumer to start", lambda: "Ctrl+C stops" in tmux.text(joined=True), 30)
 
         generator = subprocess.Popen(
-            [str(VENV_BIN / "python"), "-m", "loginpipe.generator", "--bootstrap-servers", bootstrap,
+            [str(VENV_BIN / "python"), "-m", "loginpipe.local.generator", "--bootstrap-servers", bootstrap,
              "--topic", topics["input"], "--rate", str(GENERATOR_RATE),
              "--count", str(GENERATOR_COUNT), "--progress-every", "30"],
             cwd=ROOT, stdout=generator_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -32,9 +32,9 @@ from typing import IO, NoReturn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from scripts/: the package is one folder up
 
-from loginpipe.broker import LocalBroker, broker_answers  # noqa: E402
 from loginpipe.config import positive_int, run_cli  # noqa: E402
 from loginpipe.errors import UserError  # noqa: E402
+from loginpipe.local.broker import LocalBroker, broker_answers  # noqa: E402
 from loginpipe.topics import TopicSpec, admin_client, delete_topics, ensure_topics  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench-results"
@@ -94,7 +94,7 @@ Exit code 0, 1 when a run failed or on an error, 130 when interrupted.""",
                         help="partitions of the input, output and dead-letter topics")
     parser.add_argument("--bootstrap-servers", default=None,
                         help="Kafka to use; default: one answering on 127.0.0.1:29092, else the local "
-                             "broker, started (python -m loginpipe.broker)")
+                             "broker, started (python -m loginpipe.local.broker)")
     parser.add_argument("--seed", type=int, default=7, help="generator seed")
     parser.add_argument("--out", default=None,
                         help="JSON results file; default: bench-results/compare-drain-<timestamp>.json")
@@ -365,7 +365,7 @@ def preload(session: Session) -> dict:
     session.create_topics(TopicSpec(topic, "compare input"))
     say(f"preloading {args.events:,} events (seed {args.seed}) into {topic} ({args.partitions} partitions)")
     err_path = session.log_dir / "generator.err"
-    cmd = [sys.executable, "-m", "loginpipe.generator", "--bootstrap-servers", session.bootstrap,
+    cmd = [sys.executable, "-m", "loginpipe.local.generator", "--bootstrap-servers", session.bootstrap,
            "--topic", topic, "--count", str(args.events), "--rate", "0", "--seed", str(args.seed),
            "--progress-every", "5"]
     with open(session.log_dir / "generator.out", "wb") as out, open(err_path, "wb") as err:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loginpipe.broker import DEFAULT_HOME, LocalBroker, broker_answers, ensure_jars, free_port
+from loginpipe.local.broker import DEFAULT_HOME, LocalBroker, broker_answers, ensure_jars, free_port
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from loginpipe.app import Application, RunResult
 from loginpipe.config import PipelineConfig
-from loginpipe.generator import EventGenerator, Generated, make_producer, pace
+from loginpipe.local.generator import EventGenerator, Generated, make_producer, pace
+from loginpipe.runtime.app import Application, RunResult
 from loginpipe.topics import TopicSpec, ensure_topics
 from loginpipe.waiting import wait_until
 

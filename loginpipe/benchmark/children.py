@@ -29,7 +29,7 @@ POLL_TIMEOUT_MS = 200
 
 def cmd_preload(args) -> int:
     """Write ``--count`` generated events at full speed, like the generator CLI with --rate 0."""
-    from loginpipe.generator import EventGenerator, make_producer
+    from loginpipe.local.generator import EventGenerator, make_producer
 
     producer = make_producer(args.bootstrap_servers)
     generator = EventGenerator(seed=args.seed, bad_ratio=args.bad_ratio)
@@ -131,7 +131,7 @@ def cmd_consume_only(args) -> int:
     """A KafkaConsumer set up exactly like the pipeline's; poll in batches until N records."""
     import logging
 
-    from loginpipe.app import Application, tune_gc
+    from loginpipe.runtime.app import Application, tune_gc
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
@@ -166,10 +166,10 @@ def _pass_through_kafka_python(args) -> int:
     """Consume, produce the raw bytes with the pipeline's producer, commit after acknowledgements."""
     import logging
 
-    from loginpipe.app import Application, tune_gc
-    from loginpipe.checkpoint import Checkpointer
-    from loginpipe.delivery import Sender
-    from loginpipe.route import OutputRecord
+    from loginpipe.core.records import OutputRecord
+    from loginpipe.runtime.app import Application, tune_gc
+    from loginpipe.runtime.checkpoint import Checkpointer
+    from loginpipe.runtime.delivery import Sender
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
@@ -362,7 +362,7 @@ def cmd_memory(args) -> int:
 
     import psutil
 
-    from loginpipe.state import Aggregates
+    from loginpipe.core.state import Aggregates
 
     process = psutil.Process()
     rng = random.Random(args.seed)

@@ -23,9 +23,9 @@ from loginpipe.benchmark.steps import (
     step_pipeline,
     step_preload,
 )
-from loginpipe.broker import PROJECT_ROOT, LocalBroker, broker_answers
 from loginpipe.config import EnvArgumentParser, PipelineConfig, positive_int
 from loginpipe.errors import UserError
+from loginpipe.local.broker import PROJECT_ROOT, LocalBroker, broker_answers
 from loginpipe.topics import TopicSpec
 
 DEFAULT_OUT_DIR = PROJECT_ROOT / "bench-results"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loginpipe.benchmark.common import RESULT_PREFIX, say
-from loginpipe.broker import PROJECT_ROOT
 from loginpipe.errors import UserError
+from loginpipe.local.broker import PROJECT_ROOT
 from loginpipe.waiting import wait_until
 
 

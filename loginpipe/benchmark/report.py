@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from loginpipe.benchmark.common import MB
-from loginpipe.broker import PROJECT_ROOT, kafka_version
+from loginpipe.local.broker import PROJECT_ROOT, kafka_version
 
 
 def describe_machine() -> dict:

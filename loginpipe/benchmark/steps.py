@@ -15,8 +15,8 @@ from typing import Any
 
 from loginpipe.benchmark.common import MB, say
 from loginpipe.benchmark.process import Child, ChildResult, stop_live_children
-from loginpipe.broker import DEFAULT_HOME, ensure_jars
 from loginpipe.errors import UserError
+from loginpipe.local.broker import DEFAULT_HOME, ensure_jars
 from loginpipe.topics import TopicSpec, admin_client, delete_topics, ensure_topics
 from loginpipe.waiting import wait_until
 
@@ -374,7 +374,8 @@ def _produce_at_rate(bench: Bench, src: str, count: int) -> float | None:
     """Run the generator at the offered load; the rate it achieved, if it printed one."""
     args = bench.args
     generator = Child("latency generator", [
-        sys.executable, "-m", "loginpipe.generator", "--bootstrap-servers", bench.bootstrap, "--topic", src,
+        sys.executable, "-m", "loginpipe.local.generator", "--bootstrap-servers", bench.bootstrap,
+        "--topic", src,
         "--count", str(count), "--rate", f"{args.latency_rate:g}", "--seed", str(args.seed + 1),
         "--progress-every", "10"], bench.log_dir)
     gen_result = generator.wait(args.latency_seconds * 3 + 60).check()

@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-from loginpipe.broker import port_is_free
 from loginpipe.config import (
     EnvArgumentParser,
     add_bootstrap_argument,
@@ -18,6 +17,7 @@ from loginpipe.config import (
 )
 from loginpipe.dashboard.feed import DashboardSettings
 from loginpipe.errors import UserError
+from loginpipe.local.broker import port_is_free
 from loginpipe.topics import METRICS_TOPIC, OUTPUT_TOPIC, SUMMARY_TOPIC
 
 APP = Path(__file__).resolve().parent / "app.py"

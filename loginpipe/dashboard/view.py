@@ -14,8 +14,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from loginpipe.enrich import DAYS
-from loginpipe.regions import REGIONS
+from loginpipe.core.enrich import DAYS
+from loginpipe.core.regions import REGIONS
 
 METRICS_KEPT = 720  # per instance: an hour at the pipeline's default 5 s
 INSTANCES_KEPT = 100  # pipeline processes remembered (a restart is a new one)

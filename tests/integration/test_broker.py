@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loginpipe.broker import LocalBroker, broker_answers, free_port
 from loginpipe.errors import UserError
+from loginpipe.local.broker import LocalBroker, broker_answers, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -58,10 +58,10 @@ def test_stale_pid_file_is_not_mistaken_for_a_running_broker(tmp_path: Path, kaf
 def test_cli_status_exit_code_when_stopped(tmp_path: Path) -> None:
     from tests.helpers import run_cli
 
-    result = run_cli("-m", "loginpipe.broker", "status", "--home", str(tmp_path / "none"))
+    result = run_cli("-m", "loginpipe.local.broker", "status", "--home", str(tmp_path / "none"))
     assert result.returncode == 3
     assert result.stdout.strip() == "not running"
-    bad = run_cli("-m", "loginpipe.broker", "launch")
+    bad = run_cli("-m", "loginpipe.local.broker", "launch")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -15,11 +15,16 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
-from loginpipe import contracts
-from loginpipe.broker import LocalBroker, free_port
-from loginpipe.events import REASONS
-from loginpipe.generator import GOOD, Generated
-from loginpipe.route import REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER
+from loginpipe.core import contracts
+from loginpipe.core.events import REASONS
+from loginpipe.core.records import (
+    REASON_HEADER,
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TOPIC_HEADER,
+)
+from loginpipe.local.broker import LocalBroker, free_port
+from loginpipe.local.generator import GOOD, Generated
 from loginpipe.topics import delete_topics
 from loginpipe.waiting import wait_until
 from tests.helpers import (

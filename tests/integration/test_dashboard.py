@@ -17,11 +17,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from loginpipe.broker import LocalBroker, free_port
+from loginpipe.core.events import REASONS as DEAD_LETTER_REASONS
 from loginpipe.dashboard.feed import DashboardSettings, Feed
 from loginpipe.dashboard.view import LIVE, WAITING
-from loginpipe.events import REASONS as DEAD_LETTER_REASONS
-from loginpipe.generator import make_producer
+from loginpipe.local.broker import LocalBroker, free_port
+from loginpipe.local.generator import make_producer
 from loginpipe.topics import TopicSpec, ensure_topics
 from loginpipe.waiting import wait_until
 from tests.helpers import (

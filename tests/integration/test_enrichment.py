@@ -12,11 +12,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from loginpipe import contracts
-from loginpipe.events import REASONS as DEAD_LETTER_REASONS
-from loginpipe.filters import APP_VERSION, NOT_MOBILE, STALE
-from loginpipe.generator import GOOD, Generated
-from loginpipe.route import ENCRYPTED_HEADER, FILTER_REASON_HEADER
+from loginpipe.core import contracts
+from loginpipe.core.events import REASONS as DEAD_LETTER_REASONS
+from loginpipe.core.filters import APP_VERSION, NOT_MOBILE, STALE
+from loginpipe.core.records import ENCRYPTED_HEADER, FILTER_REASON_HEADER
+from loginpipe.local.generator import GOOD, Generated
 from tests.helpers import (
     create_pipeline_topics,
     generated,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from loginpipe.generator import GOOD, EventGenerator
+from loginpipe.local.generator import GOOD, EventGenerator
 from loginpipe.topics import TopicSpec, delete_topics, ensure_topics
 from tests.helpers import read_topic, run_cli
 
@@ -16,7 +16,8 @@ def test_cli_sends_count_events_keyed_by_user(bootstrap: str, topic_name) -> Non
     topic = topic_name("gen")
     ensure_topics(bootstrap, [TopicSpec(topic, "test")], partitions=2)
     try:
-        result = run_cli("-m", "loginpipe.generator", "--bootstrap-servers", bootstrap, "--topic", topic,
+        result = run_cli("-m", "loginpipe.local.generator", "--bootstrap-servers", bootstrap,
+                         "--topic", topic,
                          "--count", "1500", "--rate", "0", "--seed", "11", "--bad-ratio", "0")
         assert result.returncode == 0, result.stderr
         assert "sent 1,500/1,500 events" in result.stderr
@@ -33,7 +34,7 @@ def test_cli_sends_count_events_keyed_by_user(bootstrap: str, topic_name) -> Non
 
 
 def test_cli_to_missing_topic_fails_clearly(bootstrap: str, topic_name) -> None:
-    result = run_cli("-m", "loginpipe.generator", "--bootstrap-servers", bootstrap,
+    result = run_cli("-m", "loginpipe.local.generator", "--bootstrap-servers", bootstrap,
                      "--topic", topic_name("absent"), "--count", "10", "--rate", "0")
     assert result.returncode == 1
     assert "does the topic exist?" in result.stderr and "Traceback" not in result.stderr

@@ -21,10 +21,10 @@ import psutil
 import pytest
 from kafka import KafkaProducer
 
-from loginpipe.broker import LocalBroker, free_port
-from loginpipe.delivery import close_now
-from loginpipe.generator import EventGenerator
-from loginpipe.route import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
+from loginpipe.core.records import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
+from loginpipe.local.broker import LocalBroker, free_port
+from loginpipe.local.generator import EventGenerator
+from loginpipe.runtime.delivery import close_now
 from loginpipe.waiting import wait_until
 from tests.helpers import (
     committed_offsets,

@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from loginpipe.generator import Generated
-from loginpipe.privacy import Privacy
-from loginpipe.route import ENCRYPTED_HEADER
+from loginpipe.core.privacy import Privacy
+from loginpipe.core.records import ENCRYPTED_HEADER
+from loginpipe.local.generator import Generated
 from tests.helpers import (
     create_pipeline_topics,
     generated,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loginpipe.broker import free_port
+from loginpipe.local.broker import free_port
 from loginpipe.topics import TOPICS, TopicSpec, delete_topics, ensure_topics
 from tests.helpers import run_cli
 

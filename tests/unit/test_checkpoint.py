@@ -10,9 +10,9 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 
-from loginpipe.checkpoint import Checkpointer
-from loginpipe.delivery import MIN_REPLACE_INTERVAL_S, Sender
-from loginpipe.route import OutputRecord
+from loginpipe.core.records import OutputRecord
+from loginpipe.runtime.checkpoint import Checkpointer
+from loginpipe.runtime.delivery import MIN_REPLACE_INTERVAL_S, Sender
 
 TP = TopicPartition("in", 0)
 

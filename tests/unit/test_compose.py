@@ -1,6 +1,6 @@
 """docker-compose.yml, Dockerfile and .dockerignore agree with the code. No Docker needed.
 
-Ports and listeners match loginpipe.broker, every environment variable a Python service
+Ports and listeners match loginpipe.local.broker, every environment variable a Python service
 sets is one the code reads, topic names are the pipeline's own, and the build works from
 this checkout.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loginpipe.broker import DEFAULT_PORT
+from loginpipe.local.broker import DEFAULT_PORT
 from loginpipe.topics import TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,13 +8,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loginpipe import contracts, events
-from loginpipe.events import LoginEvent, RawRecord, parse_event
-from loginpipe.generator import EventGenerator
-from loginpipe.pipeline import Topology, process_batch
-from loginpipe.privacy import Privacy
-from loginpipe.route import Routes
-from loginpipe.state import Aggregates
+from loginpipe.core import contracts, events
+from loginpipe.core.batch import Topology, process_batch
+from loginpipe.core.events import LoginEvent, RawRecord, parse_event
+from loginpipe.core.privacy import Privacy
+from loginpipe.core.records import Routes
+from loginpipe.core.state import Aggregates
+from loginpipe.local.generator import EventGenerator
 from tests.helpers import ROOT
 
 NOW = 1_800_000_000.0
@@ -91,4 +91,4 @@ def test_every_output_record_keeps_the_output_schema_with_and_without_privacy() 
 def test_readme_field_tables_are_rendered_from_the_schemas() -> None:
     readme = (ROOT / "README.md").read_text()
     assert contracts.render_readme(readme) == readme, \
-        "README field tables are stale: python -m loginpipe.contracts --write README.md"
+        "README field tables are stale: python -m loginpipe.core.contracts --write README.md"

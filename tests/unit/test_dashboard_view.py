@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from loginpipe.core.regions import US_STATES
 from loginpipe.dashboard.tiles import STATE_TILES
 from loginpipe.dashboard.view import DISCONNECTED, LIVE, WAITING, Board, chosen_instances, make_view
-from loginpipe.regions import US_STATES
 
 NOW = 1_800_000_000.0
 

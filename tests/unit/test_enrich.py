@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from loginpipe import enrich
+from loginpipe.core import enrich
 
 
 def utc(text: str) -> int:
@@ -57,7 +57,7 @@ def test_region_of_a_locale(locale: str, region: str, zone: str | None) -> None:
 
 
 def test_every_us_state_and_dc_has_a_region_and_a_valid_zone() -> None:
-    from loginpipe.regions import US_STATES
+    from loginpipe.core.regions import US_STATES
 
     assert len(US_STATES) == 51
     for code, (_, zone) in US_STATES.items():

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loginpipe import events
-from loginpipe.events import LoginEvent, Rejection, parse_event
-from loginpipe.generator import GOOD, EventGenerator
+from loginpipe.core import events
+from loginpipe.core.events import LoginEvent, Rejection, parse_event
+from loginpipe.local.generator import GOOD, EventGenerator
 
 NOW = 1_700_000_000.0
 GOOD_EVENT = {"user_id": "u1", "app_version": "2.3.0", "device_type": "iOS", "ip": "199.172.111.135",

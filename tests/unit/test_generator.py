@@ -10,7 +10,14 @@ from collections import Counter, defaultdict
 import orjson
 import pytest
 
-from loginpipe.generator import BAD_KINDS, GOOD, MOBILE_TYPES, NON_MOBILE_TYPES, US_STATES, EventGenerator
+from loginpipe.local.generator import (
+    BAD_KINDS,
+    GOOD,
+    MOBILE_TYPES,
+    NON_MOBILE_TYPES,
+    US_STATES,
+    EventGenerator,
+)
 
 FIELDS = {"user_id", "app_version", "device_type", "ip", "locale", "device_id", "timestamp"}
 NOW = 1_700_000_000.0

@@ -13,7 +13,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from loginpipe.dashboard.cli import build_parser as dashboard_parser
-from loginpipe.prometheus import Exporter
+from loginpipe.observe.prometheus import Exporter
 from tests.unit.test_compose import command_words, environment
 
 ROOT = Path(__file__).resolve().parents[2]

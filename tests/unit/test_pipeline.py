@@ -6,12 +6,12 @@ from collections import defaultdict
 
 import orjson
 
-from loginpipe import contracts
-from loginpipe.events import RawRecord
-from loginpipe.generator import GOOD, EventGenerator
-from loginpipe.pipeline import Topology, process_batch
-from loginpipe.route import REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, Routes
-from loginpipe.state import Aggregates
+from loginpipe.core import contracts
+from loginpipe.core.batch import Topology, process_batch
+from loginpipe.core.events import RawRecord
+from loginpipe.core.records import REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, Routes
+from loginpipe.core.state import Aggregates
+from loginpipe.local.generator import GOOD, EventGenerator
 
 NOW = 1_700_000_000.0
 ROUTES = Topology(Routes("out", "dlq"))

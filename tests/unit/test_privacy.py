@@ -11,14 +11,13 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from loginpipe import dlq, events
-from loginpipe.addresses import mask_ip
+from loginpipe import dlq
 from loginpipe.config import run_cli
-from loginpipe.errors import UserError
-from loginpipe.events import RawRecord, Rejection, parse_event
-from loginpipe.generator import EventGenerator
-from loginpipe.pipeline import Topology, process_batch
-from loginpipe.privacy import (
+from loginpipe.core import events
+from loginpipe.core.addresses import mask_ip
+from loginpipe.core.batch import Topology, process_batch
+from loginpipe.core.events import RawRecord, Rejection, parse_event
+from loginpipe.core.privacy import (
     ENVELOPE_MAGIC,
     SECRET_ENV,
     EnvelopeError,
@@ -26,7 +25,7 @@ from loginpipe.privacy import (
     Privacy,
     SourcePosition,
 )
-from loginpipe.route import (
+from loginpipe.core.records import (
     DETAIL_HEADER,
     ENCRYPTED_HEADER,
     GENERIC_DETAILS,
@@ -35,7 +34,9 @@ from loginpipe.route import (
     Routes,
     dead_letter,
 )
-from loginpipe.state import Aggregates
+from loginpipe.core.state import Aggregates
+from loginpipe.errors import UserError
+from loginpipe.local.generator import EventGenerator
 
 KEY = Privacy(b"0123456789abcdef0123456789abcdef")
 

@@ -6,8 +6,8 @@ from collections import Counter
 
 from prometheus_client import generate_latest
 
-from loginpipe.pipeline import BatchResult
-from loginpipe.prometheus import Exporter
+from loginpipe.core.batch import BatchResult
+from loginpipe.observe.prometheus import Exporter
 
 
 def test_counts_follow_the_batches() -> None:

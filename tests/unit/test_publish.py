@@ -7,11 +7,11 @@ from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 
 from loginpipe.config import PipelineConfig
-from loginpipe.delivery import Sender
-from loginpipe.pipeline import BatchResult
-from loginpipe.publish import Publisher
-from loginpipe.state import Aggregates
-from loginpipe.stats import Stats
+from loginpipe.core.batch import BatchResult
+from loginpipe.core.state import Aggregates
+from loginpipe.observe.publish import Publisher
+from loginpipe.observe.stats import Stats
+from loginpipe.runtime.delivery import Sender
 
 
 class Recorder:

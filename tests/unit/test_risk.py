@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loginpipe import risk
-from loginpipe.addresses import is_private_ip
+from loginpipe.core import risk
+from loginpipe.core.addresses import is_private_ip
 
 CLEAN = {"distinct_ips_for_user": 1, "users_on_device": 1, "app_major": 3, "newest_major": 3,
          "local_hour": 14, "ip": "8.8.4.4"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-from loginpipe.state import OTHER, Aggregates, CountStore, DistinctStore
+from loginpipe.core.state import OTHER, Aggregates, CountStore, DistinctStore
 
 
 def obs(user="u1", ip="1.1.1.1", device="d1", version="2.3.0", locale="CA", device_type="ios",
@@ -111,7 +111,7 @@ def test_logins_are_counted_per_hour_since_the_epoch() -> None:
 
 
 def test_leaders_keep_the_largest_counts_by_name() -> None:
-    from loginpipe.state import Leaders
+    from loginpipe.core.state import Leaders
 
     leaders = Leaders(size=3)
     for key, count in [("a", 2), ("b", 3), ("c", 2), ("d", 1), ("e", 5), ("a", 4), ("f", 2)]:

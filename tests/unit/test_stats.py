@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from collections import Counter
 
-from loginpipe.pipeline import BatchResult
-from loginpipe.stats import Stats, Totals, format_summary, weighted_percentile
+from loginpipe.core.batch import BatchResult
+from loginpipe.observe.stats import Stats, Totals, format_summary, weighted_percentile
 
 
 class FixedSampler:

@@ -6,9 +6,9 @@ import calendar
 from collections import Counter
 from types import SimpleNamespace
 
-from loginpipe.state import OTHER, Aggregates
-from loginpipe.stats import Totals
-from loginpipe.summary import build_summary
+from loginpipe.core.state import OTHER, Aggregates
+from loginpipe.observe.stats import Totals
+from loginpipe.observe.summary import build_summary
 
 T0 = calendar.timegm((2026, 11, 22, 23, 30, 0))  # a Sunday
 

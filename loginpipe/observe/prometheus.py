@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from loginpipe.core.batch import BatchResult
+from loginpipe.core.events import REASONS as DEAD_LETTER_REASONS
+from loginpipe.core.filters import REASONS as FILTER_REASONS
 from loginpipe.errors import UserError
-from loginpipe.events import REASONS as DEAD_LETTER_REASONS
-from loginpipe.filters import REASONS as FILTER_REASONS
-from loginpipe.pipeline import BatchResult
 
 NAMESPACE = "loginpipe"
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

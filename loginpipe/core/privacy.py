@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from loginpipe.addresses import mask_ip
+from loginpipe.core.addresses import mask_ip
 from loginpipe.errors import UserError
 
 SECRET_ENV = "PRIVACY_SECRET"

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import orjson
 
 from loginpipe.config import PipelineConfig
-from loginpipe.delivery import NotQueued, Sender
-from loginpipe.route import OutputRecord
-from loginpipe.state import Aggregates
-from loginpipe.stats import Stats
-from loginpipe.summary import build_summary, iso
+from loginpipe.core.records import OutputRecord
+from loginpipe.core.state import Aggregates
+from loginpipe.observe.stats import Stats
+from loginpipe.observe.summary import build_summary, iso
+from loginpipe.runtime.delivery import NotQueued, Sender
 
 MAX_PENDING_SNAPSHOTS = 720  # an hour of metrics every 5 s
 

@@ -14,8 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loginpipe.app import Application, tune_gc
-from loginpipe.broker import LocalBroker, port_is_free
 from loginpipe.config import (
     DEFAULT_BOOTSTRAP,
     EnvArgumentParser,
@@ -25,6 +23,8 @@ from loginpipe.config import (
     port_number,
     run_cli,
 )
+from loginpipe.local.broker import LocalBroker, port_is_free
+from loginpipe.runtime.app import Application, tune_gc
 from loginpipe.topics import TOPICS, ensure_topics
 from loginpipe.waiting import wait_until
 
@@ -32,7 +32,7 @@ DASHBOARD_START_S = 20.0
 
 
 def build_parser() -> EnvArgumentParser:
-    parser = EnvArgumentParser(prog="python -m loginpipe.stack", description=__doc__.splitlines()[0],
+    parser = EnvArgumentParser(prog="python -m loginpipe.local.stack", description=__doc__.splitlines()[0],
                                add_help=False)
     parser.add_argument("-h", "--help", action="store_true", help="show this help and the consumer's")
     parser.add_env_argument("--rate", env="GENERATOR_RATE", type=non_negative_float, default=1000.0,
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     generator = None
     if args.rate > 0:
         generator = subprocess.Popen([
-            sys.executable, "-m", "loginpipe.generator", "--bootstrap-servers", config.bootstrap_servers,
+            sys.executable, "-m", "loginpipe.local.generator",
+            "--bootstrap-servers", config.bootstrap_servers,
             "--topic", config.input_topic, "--rate", str(args.rate), "--progress-every", "30",
         ])
         print(f"generator: started (pid {generator.pid}), {args.rate:g} events/s", flush=True)

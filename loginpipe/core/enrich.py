@@ -9,7 +9,7 @@ import functools
 import time
 import zoneinfo
 
-from loginpipe.regions import region_and_zone
+from loginpipe.core.regions import region_and_zone
 
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 

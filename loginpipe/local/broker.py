@@ -3,7 +3,7 @@
 For machines without Docker. The jars come from the official ``org.apache.kafka`` artifacts
 (see ``maven/pom.xml``); data, logs and the pid file live under one ignored folder.
 
-    python -m loginpipe.broker start|stop|status|logs|fetch
+    python -m loginpipe.local.broker start|stop|status|logs|fetch
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from loginpipe.config import EnvArgumentParser, run_cli
 from loginpipe.errors import UserError
 from loginpipe.waiting import wait_until
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POM = Path(__file__).resolve().parent / "maven" / "pom.xml"
 DEFAULT_HOME = PROJECT_ROOT / ".kafka"
 DEFAULT_PORT = 29092
@@ -290,7 +290,7 @@ def _alive(pid: int) -> bool:
 
 def _server_properties(broker: LocalBroker) -> str:
     return f"""\
-# Written by loginpipe.broker: one local KRaft node acting as broker and controller.
+# Written by loginpipe.local.broker: one local KRaft node acting as broker and controller.
 process.roles=broker,controller
 node.id=1
 listeners=PLAINTEXT://127.0.0.1:{broker.port},CONTROLLER://127.0.0.1:{broker.controller_port}
@@ -333,7 +333,7 @@ logger.server.level = INFO
 
 
 def build_parser() -> EnvArgumentParser:
-    parser = EnvArgumentParser(prog="python -m loginpipe.broker", description=__doc__.splitlines()[0])
+    parser = EnvArgumentParser(prog="python -m loginpipe.local.broker", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["start", "stop", "status", "logs", "fetch"])
     parser.add_env_argument("--home", env="KAFKA_HOME_DIR", default=str(DEFAULT_HOME),
                             help="folder for jars, data, logs and pid file")

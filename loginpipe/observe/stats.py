@@ -18,8 +18,8 @@ from typing import TextIO
 
 import psutil
 
-from loginpipe.events import REASONS as DEAD_LETTER_REASONS
-from loginpipe.pipeline import BatchResult
+from loginpipe.core.batch import BatchResult
+from loginpipe.core.events import REASONS as DEAD_LETTER_REASONS
 
 MAX_SAMPLES = 50_000  # latency samples kept per stats interval
 MIN_RATE_SPAN_S = 0.2

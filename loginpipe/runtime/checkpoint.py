@@ -22,8 +22,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from loginpipe.delivery import NotQueued, Sender
-from loginpipe.route import OutputRecord
+from loginpipe.core.records import OutputRecord
+from loginpipe.runtime.delivery import NotQueued, Sender
 
 # Per worker. 20,000 outputs of ~0.9 kB are ~18 MB of values, plus the records the producer holds.
 MAX_PENDING_RECORDS = 20_000

@@ -26,17 +26,17 @@ from typing import TextIO
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
-from loginpipe.checkpoint import Checkpointer
 from loginpipe.config import PipelineConfig
-from loginpipe.delivery import Sender
+from loginpipe.core.batch import Topology, process_batch
+from loginpipe.core.filters import FilterRules
+from loginpipe.core.records import Routes
+from loginpipe.core.state import Aggregates
 from loginpipe.errors import UserError
-from loginpipe.filters import FilterRules
-from loginpipe.pipeline import Topology, process_batch
-from loginpipe.prometheus import Exporter
-from loginpipe.publish import Publisher
-from loginpipe.route import Routes
-from loginpipe.state import Aggregates
-from loginpipe.stats import Stats, Totals, format_summary
+from loginpipe.observe.prometheus import Exporter
+from loginpipe.observe.publish import Publisher
+from loginpipe.observe.stats import Stats, Totals, format_summary
+from loginpipe.runtime.checkpoint import Checkpointer
+from loginpipe.runtime.delivery import Sender
 from loginpipe.topics import admin_client
 from loginpipe.waiting import any_reachable
 

@@ -1,7 +1,7 @@
 """Synthetic login events in the original data generator's shape, with realistic repetition
 and a chosen share of bad input. Stands in for the assignment's generator container.
 
-    python -m loginpipe.generator --count 100000 --rate 0 --seed 7
+    python -m loginpipe.local.generator --count 100000 --rate 0 --seed 7
 
 As a library: ``EventGenerator(seed=7).generate(n)`` yields ``Generated`` records (key, value
 and the kind of record, so tests know what they sent). Timestamps come from a clock that the
@@ -256,7 +256,7 @@ def _report(out, sent: int, total: int | None, elapsed: float, final: bool = Fal
 
 
 def build_parser() -> EnvArgumentParser:
-    parser = EnvArgumentParser(prog="python -m loginpipe.generator",
+    parser = EnvArgumentParser(prog="python -m loginpipe.local.generator",
                                description="Produce synthetic login events to Kafka.")
     add_bootstrap_argument(parser)
     parser.add_env_argument("--topic", env="INPUT_TOPIC", default=INPUT_TOPIC, help="topic to write to")

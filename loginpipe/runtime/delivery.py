@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from kafka.errors import KafkaError
 from kafka.future import Future
 
-from loginpipe.route import OutputRecord
+from loginpipe.core.records import OutputRecord
 
 # A record the broker refuses for good would otherwise replace the producer in a loop.
 MIN_REPLACE_INTERVAL_S = 5.0

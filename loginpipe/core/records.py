@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import orjson
 
-from loginpipe import enrich, events, risk
-from loginpipe.contracts import OUTPUT_SCHEMA_ID
-from loginpipe.events import LoginEvent, RawRecord, Rejection
-from loginpipe.privacy import ENVELOPE_SCHEME, Privacy, SourcePosition
-from loginpipe.state import Snapshot
+from loginpipe.core import enrich, events, risk
+from loginpipe.core.contracts import OUTPUT_SCHEMA_ID
+from loginpipe.core.events import LoginEvent, RawRecord, Rejection
+from loginpipe.core.privacy import ENVELOPE_SCHEME, Privacy, SourcePosition
+from loginpipe.core.state import Snapshot
 from loginpipe.topics import DLQ_TOPIC, OUTPUT_TOPIC
 
 # Headers on every dead letter.

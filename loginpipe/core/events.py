@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import fastjsonschema
 import orjson
 
-from loginpipe import contracts
-from loginpipe.addresses import is_ip
+from loginpipe.core import contracts
+from loginpipe.core.addresses import is_ip
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_FUTURE_SKEW_S = 24 * 3600

@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from loginpipe.enrich import DAYS, locale_region
-from loginpipe.events import REASONS as DEAD_LETTER_REASONS
-from loginpipe.privacy import Privacy
-from loginpipe.regions import REGIONS
-from loginpipe.risk import LEVELS
-from loginpipe.state import OTHER
-from loginpipe.stats import Totals
+from loginpipe.core.enrich import DAYS, locale_region
+from loginpipe.core.events import REASONS as DEAD_LETTER_REASONS
+from loginpipe.core.privacy import Privacy
+from loginpipe.core.regions import REGIONS
+from loginpipe.core.risk import LEVELS
+from loginpipe.core.state import OTHER
+from loginpipe.observe.stats import Totals
 
 SCHEMA_ID = "pipeline-summary/v1"
 RECENT_HOURS = 48  # hours listed one by one in "by_hour"; every hour counts in the other views

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from itertools import compress
 
-from loginpipe.addresses import is_private_ip
+from loginpipe.core.addresses import is_private_ip
 
 MULTI_IP_USER = "multi_ip_user"  # the user logged in from more than one IP (state, this process)
 SHARED_DEVICE = "shared_device"  # the device was used by more than one user

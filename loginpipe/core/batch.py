@@ -10,11 +10,18 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from loginpipe.enrich import normalize_device_type
-from loginpipe.events import MAX_FUTURE_SKEW_S, LoginEvent, RawRecord, parse_event
-from loginpipe.filters import FilterRules, filter_reason
-from loginpipe.route import BatchTime, OutputRecord, Routes, dead_letter, filtered_record, processed_record
-from loginpipe.state import Aggregates
+from loginpipe.core.enrich import normalize_device_type
+from loginpipe.core.events import MAX_FUTURE_SKEW_S, LoginEvent, RawRecord, parse_event
+from loginpipe.core.filters import FilterRules, filter_reason
+from loginpipe.core.records import (
+    BatchTime,
+    OutputRecord,
+    Routes,
+    dead_letter,
+    filtered_record,
+    processed_record,
+)
+from loginpipe.core.state import Aggregates
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple, Protocol
 
-from loginpipe.enrich import version_parts
+from loginpipe.core.enrich import version_parts
 
 OTHER = "(other)"
 DEFAULT_MAX_TRACKED_KEYS = 1_000_000

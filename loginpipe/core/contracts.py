@@ -1,10 +1,10 @@
 """Data contracts: the input event and the output record, each described once, in a versioned
-JSON Schema file under ``loginpipe/schemas/``.
+JSON Schema file under ``loginpipe/core/schemas/``.
 
 The input schema drives validation: ``events`` reads its field list, length limits and patterns
 from here, and when an event fails, the schema compiled by fastjsonschema says which rule failed,
 which names the dead-letter reason. The README's field tables are rendered from the schemas
-(``python -m loginpipe.contracts --write README.md``; a test checks they are current).
+(``python -m loginpipe.core.contracts --write README.md``; a test checks they are current).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import fastjsonschema
 
-from loginpipe.addresses import is_ip
+from loginpipe.core.addresses import is_ip
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 INPUT_SCHEMA = "login-event.v1.json"
@@ -95,7 +95,7 @@ def render_readme(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m loginpipe.contracts",
+        prog="python -m loginpipe.core.contracts",
         description="Print or refresh the README's field tables from the schemas.")
     parser.add_argument("--write", metavar="README", help="rewrite the marked tables in this file")
     parser.add_argument("--check", metavar="README", help="exit 1 if this file's tables are out of date")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     rendered = render_readme(current)
     if args.check:
         if rendered != current:
-            print(f"{path}: field tables differ from the schemas; run: python -m loginpipe.contracts "
+            print(f"{path}: field tables differ from the schemas; run: python -m loginpipe.core.contracts "
                   f"--write {path}", file=sys.stderr)
             return 1
         return 0

@@ -1,0 +1,1 @@
+"""The one place the pipeline talks to a Kafka client."""

@@ -1,0 +1,1 @@
+"""The shell around the core: the application, its worker threads, delivery and checkpoints."""
