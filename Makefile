@@ -4,13 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench image lint dashboard chromium kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
+.PHONY: run test soak bench image lint dashboard chromium kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
 
 run: $(STAMP) kafka-fetch          ## broker + topics + generator + consumer; Ctrl+C stops it
 	$(PY) -m loginpipe.local.stack
 
 test: $(STAMP) kafka-fetch chromium  ## unit + integration tests against a real local broker
 	$(PY) -m pytest
+
+soak: $(STAMP) kafka-fetch        ## five 60 s broker kills during a 200k-event drain (about 10 minutes)
+	$(PY) -m pytest -m soak -s
 
 dashboard: $(STAMP)                ## the live dashboard on http://localhost:8501 (reads the local broker)
 	$(PY) -m loginpipe.dashboard

@@ -4,7 +4,7 @@ processed-user-login (see loginpipe/runtime/app.py; `--help` lists every flag)."
 
 import sys
 
-from loginpipe.config import run_cli
+from loginpipe.cli import run_cli
 from loginpipe.runtime.app import main
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
 import sys
 
-from loginpipe.config import run_cli
+from loginpipe.cli import run_cli
 from loginpipe.topics import main
 
 if __name__ == "__main__":

@@ -1,18 +1,28 @@
-"""Command-line plumbing shared by every entry point: flags with environment-variable twins,
-one-line errors for user mistakes. Each command's settings are a dataclass built here or in
-the command's module from the parsed flags, then passed down; nothing global holds them."""
+"""The consumer pipeline's settings: ``PipelineConfig``, its parser (every flag with an
+environment-variable twin) and the privacy secret read from the environment. Built once from the
+parsed flags, then passed down; nothing global holds them. The shared command-line plumbing
+(the env-aware parser, converters, ``run_cli``) is in ``cli.py``."""
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from loginpipe.core.events import MAX_FUTURE_SKEW_S, is_app_version
-from loginpipe.core.privacy import SECRET_ENV, Privacy
+from loginpipe.cli import (
+    DEFAULT_BOOTSTRAP,
+    EnvArgumentParser,
+    add_bootstrap_argument,
+    flag,
+    non_negative_float,
+    optional_topic,
+    port_number,
+    positive_float,
+    positive_int,
+    version_list,
+)
+from loginpipe.core.events import MAX_FUTURE_SKEW_S
+from loginpipe.core.privacy import MIN_SECRET_BYTES, SECRET_ENV, Privacy
 from loginpipe.core.state import DEFAULT_MAX_TRACKED_KEYS
 from loginpipe.errors import UserError
 from loginpipe.topics import (
@@ -23,104 +33,6 @@ from loginpipe.topics import (
     OUTPUT_TOPIC,
     SUMMARY_TOPIC,
 )
-
-DEFAULT_BOOTSTRAP = "127.0.0.1:29092"
-
-
-class EnvArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose options may take their default from an environment variable."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def add_env_argument(self, flag: str, *, env: str, default: Any = None,
-                         type: Callable[[str], Any] = str, help: str = "", **kwargs: Any) -> None:
-        """Add ``flag``; ``$env``, when set, replaces the default. Flags still win over env."""
-        raw = os.environ.get(env)
-        if raw is not None and raw != "":
-            try:
-                default = type(raw)
-            except (TypeError, ValueError):
-                self.error(f"environment variable {env}={raw!r} is not a valid {flag} value")
-        help_text = f"{help} [env {env}]" if help else f"[env {env}]"
-        self.add_argument(flag, type=type, default=default, help=help_text, **kwargs)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError(text)
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-def ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(text)
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
-    return value
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise ValueError(text)
-    return value
-
-
-def version_list(text: str) -> frozenset[str]:
-    """Comma-separated x.y.z versions."""
-    versions = frozenset(v.strip() for v in text.split(",") if v.strip())
-    if not versions or not all(is_app_version(v) for v in versions):
-        raise ValueError(text)
-    return versions
-
-
-def optional_topic(text: str) -> str | None:
-    """A topic name, or None for "none", "off" or empty: that output is disabled."""
-    text = text.strip()
-    return None if text.lower() in ("", "none", "off") else text
-
-
-# argparse shows a converter's __name__ in its "invalid ... value" message.
-positive_int.__name__ = "positive integer"
-non_negative_float.__name__ = "non-negative number"
-positive_float.__name__ = "positive number"
-port_number.__name__ = "port number (1-65535)"
-ratio.__name__ = "ratio between 0 and 1"
-version_list.__name__ = "comma-separated list of x.y.z versions"
-optional_topic.__name__ = "topic name or 'none'"
-
-
-def add_bootstrap_argument(parser: EnvArgumentParser) -> None:
-    parser.add_env_argument("--bootstrap-servers", env="BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP,
-                            help="Kafka bootstrap servers, comma-separated host:port")
-
-
-def run_cli(main: Callable[[], int]) -> int:
-    """Run ``main``; turn user errors and Ctrl+C into a one-line message and an exit code."""
-    try:
-        return main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 @dataclass(frozen=True)
@@ -183,7 +95,7 @@ def build_pipeline_parser() -> EnvArgumentParser:
         help="print a stats line every N messages")
     add("--stats-interval", env="STATS_INTERVAL", type=non_negative_float, default=defaults.stats_interval_s,
         help="print a stats line every S seconds instead (0: use --stats-every)")
-    add("--show-messages", env="SHOW_MESSAGES", type=_flag, default=False, nargs="?", const=True,
+    add("--show-messages", env="SHOW_MESSAGES", type=flag, default=False, nargs="?", const=True,
         help="print every processed record")
     add("--stop-when-idle", env="STOP_WHEN_IDLE", type=non_negative_float, default=0.0,
         help="drain and exit once no record arrived for S seconds (0: run until stopped)")
@@ -216,7 +128,7 @@ def build_pipeline_parser() -> EnvArgumentParser:
              "timeout (10 s); unset: dynamic membership")
     parser.add_argument("--quiet", action="store_true", help="no stats lines, only the final summary")
 
-    add("--privacy", env="PRIVACY", type=_flag, default=False, nargs="?", const=True,
+    add("--privacy", env="PRIVACY", type=flag, default=False, nargs="?", const=True,
         help=f"mask IPs and pseudonymize device ids in every output (key from ${SECRET_ENV})")
     add("--max-age", env="MAX_AGE", type=positive_float, default=None,
         help="filter events older than this many seconds (reason 'stale'); unset: any age")
@@ -240,21 +152,10 @@ def build_pipeline_parser() -> EnvArgumentParser:
     return parser
 
 
-def _flag(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(text)
-
-
-_flag.__name__ = "boolean (true/false)"
-
-
 def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
     """Build the pipeline's settings from flags and environment."""
     args = build_pipeline_parser().parse_args(argv)
-    privacy = Privacy.from_environment() if args.privacy else None
+    privacy = privacy_from_environment() if args.privacy else None
     return PipelineConfig(
         bootstrap_servers=args.bootstrap_servers, input_topic=args.input_topic,
         output_topic=args.output_topic, dlq_topic=args.dlq_topic, group_id=args.group_id,
@@ -271,3 +172,14 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
         shutdown_timeout_s=args.shutdown_timeout, max_in_flight=args.max_in_flight,
         max_in_flight_mib=args.max_in_flight_mib, group_instance_id=args.group_instance_id or None,
     )
+
+
+def privacy_from_environment(environ: Mapping[str, str] | None = None,
+                             needed_by: str = "--privacy") -> Privacy:
+    """The privacy key from $PRIVACY_SECRET; a UserError when it is missing or short."""
+    secret = (os.environ if environ is None else environ).get(SECRET_ENV, "")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        state = "is not set" if not secret else f"has fewer than {MIN_SECRET_BYTES} bytes"
+        raise UserError(f"{needed_by} needs a secret key: ${SECRET_ENV} {state} (e.g. export "
+                        f"{SECRET_ENV}=$(python3 -c 'import secrets; print(secrets.token_hex(32))'))")
+    return Privacy(secret.encode())

@@ -14,11 +14,12 @@ import argparse
 import base64
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 import orjson
 
-from loginpipe.config import EnvArgumentParser, add_bootstrap_argument, run_cli
+from loginpipe.cli import EnvArgumentParser, add_bootstrap_argument, run_cli
+from loginpipe.config import privacy_from_environment
 from loginpipe.core.privacy import SECRET_ENV, EnvelopeError, NotAnEnvelope, Privacy, Sealed, SourcePosition
 from loginpipe.core.records import (
     REASON_HEADER,
@@ -28,10 +29,6 @@ from loginpipe.core.records import (
 )
 from loginpipe.errors import UserError
 from loginpipe.topics import DLQ_TOPIC
-
-if TYPE_CHECKING:
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.consumer.fetcher import ConsumerRecord
 
 FETCH_TIMEOUT_S = 15.0
 
@@ -69,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("decrypt: give either --file or --partition and --offset, not both")
     if args.file is None and (args.partition is None or args.offset is None):
         raise UserError("decrypt: give --partition and --offset of the dead letter (or --file)")
-    privacy = Privacy.from_environment(needed_by="decrypting a dead letter")
+    privacy = privacy_from_environment(needed_by="decrypting a dead letter")
     sealed, reason = _from_file(privacy, args.file) if args.file else _from_kafka(privacy, args)
     _write(sealed, reason, args.json, args.show_key, sys.stdout.buffer, sys.stderr)
     return 0
@@ -124,52 +121,10 @@ def _check_position(source: SourcePosition, headers: dict[str, bytes], where: st
 def fetch(bootstrap: str, topic: str, partition: int, offset: int) -> tuple[bytes | None, dict[str, bytes]]:
     """The value and headers of the one record at ``topic``/``partition``/``offset``."""
     # Imported here: kafka-python takes a while to import, and --file needs none of it.
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
+    from loginpipe.kafka.admin import read_record
 
-    try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                 client_id="loginpipe-dlq", bootstrap_timeout_ms=5_000,
-                                 request_timeout_ms=10_000, max_poll_records=1)
-    except (KafkaError, OSError) as exc:
-        raise UserError(f"cannot reach a Kafka broker at {bootstrap} ({type(exc).__name__}); "
-                        "is it running? (make kafka-start)") from None
-    try:
-        tp = TopicPartition(topic, partition)
-        _check_offset(consumer, tp, offset)
-        consumer.assign([tp])
-        consumer.seek(tp, offset)
-        record = _poll_one(consumer, tp)
-    except KafkaError as exc:
-        raise UserError(f"reading {topic} partition {partition} offset {offset} failed: {exc}") from None
-    finally:
-        consumer.close()
-    if record is None or record.offset != offset:
-        raise UserError(f"no record at {topic} partition {partition} offset {offset}")
-    return record.value, dict(record.headers or [])
-
-
-def _check_offset(consumer: KafkaConsumer, tp: TopicPartition, offset: int) -> None:
-    partitions = consumer.partitions_for_topic(tp.topic)
-    if not partitions:
-        raise UserError(f"topic {tp.topic} does not exist")
-    if tp.partition not in partitions:
-        raise UserError(f"topic {tp.topic} has no partition {tp.partition} (it has {len(partitions)})")
-    first, end = consumer.beginning_offsets([tp])[tp], consumer.end_offsets([tp])[tp]
-    if not first <= offset < end:
-        held = f"offsets {first} to {end - 1}" if end > first else "no records"
-        raise UserError(f"{tp.topic} partition {tp.partition} has no offset {offset} (it holds {held})")
-
-
-def _poll_one(consumer: KafkaConsumer, tp: TopicPartition) -> ConsumerRecord | None:
-    """The first record fetched from the seek position, or None when none came in time."""
-    from loginpipe.waiting import wait_until
-
-    def first() -> ConsumerRecord | None:
-        records = consumer.poll(timeout_ms=500).get(tp)
-        return records[0] if records else None
-
-    return wait_until(first, FETCH_TIMEOUT_S, interval_s=0)
+    record = read_record(bootstrap, topic, partition, offset, FETCH_TIMEOUT_S)
+    return record.value, record.headers
 
 
 def _write(sealed: Sealed, reason: str | None, as_json: bool, show_key: bool,

@@ -1,10 +1,13 @@
-"""Every topic the pipeline uses, in one list, and an idempotent way to create them."""
+"""Every topic the pipeline uses, in one list, and the command that creates them
+(create_kafka_topic.py). The admin operations themselves are in ``kafka/admin.py``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from loginpipe.errors import UserError
+if TYPE_CHECKING:
+    from loginpipe.cli import EnvArgumentParser
 
 INPUT_TOPIC = "user-login"
 OUTPUT_TOPIC = "processed-user-login"
@@ -44,93 +47,9 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class TopicResult:
-    name: str
-    status: str  # "created", "exists" or "too-few-partitions"
-    partitions: int
-    wanted: int
-
-    @property
-    def ok(self) -> bool:
-        return self.status != "too-few-partitions"
-
-    def describe(self) -> str:
-        if self.status == "too-few-partitions":
-            return (f"{self.name}: exists with {self.partitions} partitions, fewer than the "
-                    f"{self.wanted} asked (delete it, or add partitions with kafka-topics --alter)")
-        return f"{self.name}: {self.status} ({self.partitions} partitions)"
-
-
-def admin_client(bootstrap_servers: str, timeout_s: float = 8.0):
-    """A KafkaAdminClient, or a UserError naming the broker when none answers in ``timeout_s``."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    try:
-        return KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
-            bootstrap_timeout_ms=int(timeout_s * 1000),
-            request_timeout_ms=int(timeout_s * 1000),
-            reconnect_backoff_max_ms=1000,
-            client_id="loginpipe-admin",
-        )
-    except (KafkaError, OSError) as exc:
-        raise UserError(f"cannot reach a Kafka broker at {bootstrap_servers} "
-                        f"({type(exc).__name__}); is it running? (make kafka-start)") from None
-
-
-def ensure_topics(bootstrap_servers: str, specs: tuple[TopicSpec, ...] | list[TopicSpec] = TOPICS,
-                  partitions: int = DEFAULT_PARTITIONS, replication_factor: int = 1) -> list[TopicResult]:
-    """Create the topics that are missing; report the ones that exist."""
-    from kafka.errors import KafkaError
-
-    admin = admin_client(bootstrap_servers)
-    try:
-        existing = _partition_counts(admin, [s.name for s in specs])
-        missing = {
-            s.name: {"num_partitions": s.partitions or partitions,
-                     "replication_factor": replication_factor, "configs": s.configs}
-            for s in specs if s.name not in existing
-        }
-        if missing:
-            admin.create_topics(missing, timeout_ms=10_000, wait_for_metadata=True)
-    except KafkaError as exc:
-        raise UserError(f"topic creation failed: {exc}") from None
-    finally:
-        admin.close()
-    results = []
-    for spec in specs:
-        wanted = spec.partitions or partitions
-        if spec.name in missing:
-            results.append(TopicResult(spec.name, "created", wanted, wanted))
-        else:
-            have = existing[spec.name]
-            status = "exists" if have >= wanted else "too-few-partitions"
-            results.append(TopicResult(spec.name, status, have, wanted))
-    return results
-
-
-def _partition_counts(admin, names: list[str]) -> dict[str, int]:
-    """Partition count of each of ``names`` that exists."""
-    counts = {}
-    for topic in admin.describe_topics(names):
-        if topic.get("error_code", 0) == 0:
-            counts[topic["name"]] = len(topic["partitions"])
-    return counts
-
-
-def delete_topics(bootstrap_servers: str, names: list[str]) -> None:
-    """Delete topics (used by tests and the benchmark to clean up after themselves)."""
-    admin = admin_client(bootstrap_servers)
-    try:
-        admin.delete_topics(names, timeout_ms=10_000, raise_errors=False)
-    finally:
-        admin.close()
-
-
-def build_parser():
-    from loginpipe.config import EnvArgumentParser, add_bootstrap_argument, positive_int
+def build_parser() -> EnvArgumentParser:
+    # Imported here: the core imports this module for the topic names, and needs no CLI.
+    from loginpipe.cli import EnvArgumentParser, add_bootstrap_argument, positive_int
 
     names = ", ".join(spec.name for spec in TOPICS)
     parser = EnvArgumentParser(prog="create_kafka_topic.py",
@@ -144,6 +63,8 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from loginpipe.kafka.admin import ensure_topics
+
     args = build_parser().parse_args(argv)
     results = ensure_topics(args.bootstrap_servers, TOPICS, args.partitions, args.replication_factor)
     for result in results:

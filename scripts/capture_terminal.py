@@ -29,8 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from scripts/: the package is one folder up
 
+from loginpipe.kafka.admin import delete_topics, ensure_topics  # noqa: E402
 from loginpipe.local.broker import LocalBroker  # noqa: E402
-from loginpipe.topics import TopicSpec, delete_topics, ensure_topics  # noqa: E402
+from loginpipe.topics import DEFAULT_PARTITIONS, TOPICS, TopicSpec  # noqa: E402
 from loginpipe.waiting import wait_until  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -152,8 +153,9 @@ def capture(output: Path) -> Path:
     created = False
     try:
         created = True  # even a half-done creation is cleaned up (deleting a missing topic is a no-op)
-        ensure_topics(bootstrap, [TopicSpec(name, "capture") for name in topics.values()])
-        ensure_topics(bootstrap)  # the default summary and metrics topics, as create_kafka_topic.py does
+        ensure_topics(bootstrap, [TopicSpec(name, "capture") for name in topics.values()], DEFAULT_PARTITIONS)
+        # The default summary and metrics topics, as create_kafka_topic.py does.
+        ensure_topics(bootstrap, TOPICS, DEFAULT_PARTITIONS)
         print(f"topics {', '.join(topics.values())} created; consumer group {group}", flush=True)
 
         # PS1 goes on the command line: tmux does not hand it down from its own environment.

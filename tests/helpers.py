@@ -14,9 +14,10 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 
 from loginpipe.config import PipelineConfig
+from loginpipe.kafka.admin import ensure_topics
 from loginpipe.local.generator import EventGenerator, Generated, make_producer, pace
 from loginpipe.runtime.app import Application, RunResult
-from loginpipe.topics import TopicSpec, ensure_topics
+from loginpipe.topics import TopicSpec
 from loginpipe.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

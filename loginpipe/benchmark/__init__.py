@@ -19,6 +19,12 @@ fetch time, which also leaves out the group join. CPU seconds and peak RSS of ea
 process come from wait4(2). MB are 10^6 bytes of record values.
 
 Results: bench-results/bench-<timestamp>.json, latest.json, latest.md and latest.png.
+
+    python -m loginpipe.benchmark compare BEFORE [AFTER]
+
+compares two versions of the code (git refs; AFTER left out: the working tree) on one preloaded
+topic instead: each drains it in turn, for --rounds rounds, from its own copy of the code
+(compare.py); medians of events/s, CPU seconds and peak RSS in bench-results/compare-<run>.*.
 The internal subcommands preload, consume-only, pass-through and memory are the child
 processes of those steps.
 """

@@ -3,7 +3,7 @@
 import sys
 
 from loginpipe.benchmark.cli import main
-from loginpipe.config import run_cli
+from loginpipe.cli import run_cli
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

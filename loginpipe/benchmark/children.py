@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import signal
 import sys
 import time
@@ -12,13 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from loginpipe.benchmark.common import emit_result, int_list, interrupt
-from loginpipe.config import (
-    EnvArgumentParser,
-    PipelineConfig,
-    non_negative_float,
-    pipeline_config,
-    positive_int,
-)
+from loginpipe.cli import EnvArgumentParser, non_negative_float, positive_int
+from loginpipe.config import PipelineConfig, pipeline_config
 from loginpipe.errors import UserError
 
 CHILD_COMMANDS = ("preload", "consume-only", "pass-through", "memory")
@@ -127,28 +121,42 @@ class _LoopTimes:
         return (self.last or 0.0) - (self.first or 0.0)
 
 
+class _NoHandOver:
+    """A benchmark child is the group's only member: rebalances hand nothing over."""
+
+    def assigned(self, partitions) -> None:
+        pass
+
+    def revoking(self, partitions) -> dict:
+        return {}
+
+    def handed_over(self, offsets, error) -> None:
+        pass
+
+
 def cmd_consume_only(args) -> int:
     """A KafkaConsumer set up exactly like the pipeline's; poll in batches until N records."""
     import logging
 
-    from loginpipe.runtime.app import Application, tune_gc
+    from loginpipe.kafka.kafka_python import KafkaPythonBackend
+    from loginpipe.runtime.app import tune_gc
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
     config = _child_pipeline_config(args)
-    consumer = Application(config, out=io.StringIO()).make_consumer(0)
+    consumer = KafkaPythonBackend().consumer(config, 0)  # set up exactly like the pipeline's
     times = _LoopTimes("consume-only", args)
     try:
-        consumer.partitions_for_topic(args.topic)
-        consumer.subscribe([args.topic])
+        consumer.warm_up(args.topic)
+        consumer.subscribe(args.topic, _NoHandOver())
         while times.count < args.count:
-            polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
+            polled = consumer.poll(POLL_TIMEOUT_MS, config.max_poll_records)
             if polled:
                 times.got(sum(len(batch) for batch in polled.values()), time.monotonic())
             else:
                 times.check_idle()
     finally:
-        consumer.close(autocommit=False)
+        consumer.close(10.0)
     _print_timing(times.count, time.monotonic() - times.started, times.busy_s,
                   {"client": "kafka-python", "max_poll_records": config.max_poll_records})
     return 0
@@ -167,26 +175,28 @@ def _pass_through_kafka_python(args) -> int:
     import logging
 
     from loginpipe.core.records import OutputRecord
-    from loginpipe.runtime.app import Application, tune_gc
+    from loginpipe.kafka.kafka_python import KafkaPythonBackend
+    from loginpipe.runtime.app import tune_gc
     from loginpipe.runtime.checkpoint import Checkpointer
+    from loginpipe.runtime.context import Warner
     from loginpipe.runtime.delivery import Sender
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     tune_gc()  # as the pipeline does, so the ceilings are measured on the same footing
     config = _child_pipeline_config(args, args.output_topic)
-    app = Application(config, out=io.StringIO())
+    backend, warn = KafkaPythonBackend(), Warner()
     # The pipeline's own producer settings (snappy, linger, acks=all, ...) and delivery path.
-    sender = Sender(app._make_producer, app.warn)
-    consumer = app.make_consumer(0)
+    sender = Sender(lambda: backend.producer(config), warn)
+    consumer = backend.consumer(config, 0)
     checkpointer = Checkpointer(consumer, sender, config.commit_every_records,
-                                config.commit_interval_ms / 1000, app.warn)
+                                config.commit_interval_ms / 1000, warn)
     out_topic = args.output_topic
     times = _LoopTimes("pass-through", args)
     try:
-        consumer.partitions_for_topic(args.topic)
-        consumer.subscribe([args.topic])
+        consumer.warm_up(args.topic)
+        consumer.subscribe(args.topic, _NoHandOver())
         while times.count < args.count:
-            polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=config.max_poll_records)
+            polled = consumer.poll(POLL_TIMEOUT_MS, config.max_poll_records)
             if polled:
                 polled_at = time.monotonic()
                 # A copy keyed like its input goes to the input's partition number (the output
@@ -203,7 +213,7 @@ def _pass_through_kafka_python(args) -> int:
         all_committed = checkpointer.commit_all(deadline=time.monotonic() + 60.0)
         acked_at = time.monotonic()
     finally:
-        consumer.close(autocommit=False)
+        consumer.close(10.0)
         sender.close(timeout_s=10)
     if not all_committed:
         raise UserError("some outputs were never acknowledged")

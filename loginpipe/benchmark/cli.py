@@ -1,4 +1,5 @@
-"""The benchmark's command line: its flags, the order of its steps, and dispatch to the child commands."""
+"""The benchmark's command line: its flags, the order of its steps, and dispatch to ``compare`` and to
+the child commands."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from loginpipe.benchmark.children import CHILD_COMMANDS, run_child_command
-from loginpipe.benchmark.common import int_list, interrupt, positive_float, say
+from loginpipe.benchmark.common import (
+    bootstrap_servers,
+    int_list,
+    interrupt,
+    make_log_dir,
+    positive_float,
+    say,
+)
+from loginpipe.benchmark.compare import run_compare
 from loginpipe.benchmark.report import add_ratios, describe_machine, markdown, write_outputs
 from loginpipe.benchmark.steps import (
     Bench,
@@ -23,9 +32,9 @@ from loginpipe.benchmark.steps import (
     step_pipeline,
     step_preload,
 )
-from loginpipe.config import EnvArgumentParser, PipelineConfig, positive_int
-from loginpipe.errors import UserError
-from loginpipe.local.broker import PROJECT_ROOT, LocalBroker, broker_answers
+from loginpipe.cli import EnvArgumentParser, positive_int
+from loginpipe.config import PipelineConfig
+from loginpipe.local.broker import PROJECT_ROOT
 from loginpipe.topics import TopicSpec
 
 DEFAULT_OUT_DIR = PROJECT_ROOT / "bench-results"
@@ -36,7 +45,9 @@ def build_parser() -> EnvArgumentParser:
     parser = EnvArgumentParser(
         prog="python -m loginpipe.benchmark",
         description="Benchmark the pipeline against Kafka's Java consumer, kafka-python consume-only and "
-                    "pass-through; end-to-end latency; memory per user. Results in bench-results/.")
+                    "pass-through; end-to-end latency; memory per user. Results in bench-results/.",
+        epilog="python -m loginpipe.benchmark compare BEFORE [AFTER] compares the drain throughput of two "
+               "versions of the code instead (see its --help).")
     parser.add_env_argument("--bootstrap-servers", env="BOOTSTRAP_SERVERS", default=None,
                             help="use this broker; when unset, the local broker is started (127.0.0.1:29092)")
     parser.add_env_argument("--events", env="BENCH_EVENTS", type=positive_int, default=1_000_000,
@@ -64,27 +75,6 @@ def build_parser() -> EnvArgumentParser:
                             help="where results (and child process logs) go")
     parser.add_env_argument("--seed", env="BENCH_SEED", type=int, default=7, help="generator seed")
     return parser
-
-
-def _make_log_dir(out_dir: Path, run_id: str) -> Path:
-    log_dir = out_dir / "logs" / run_id
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
-    return log_dir
-
-
-def _bootstrap_servers(args) -> str:
-    """The broker to use: the one given, which must answer, or the local broker, started."""
-    if args.bootstrap_servers is None:
-        broker = LocalBroker()
-        say(f"kafka: {broker.start_or_reuse()}")
-        return broker.bootstrap_servers
-    bootstrap = args.bootstrap_servers
-    if not broker_answers(bootstrap, timeout_s=5.0):
-        raise UserError(f"cannot reach a Kafka broker at {bootstrap}; is it running? (make kafka-start)")
-    return bootstrap
 
 
 def _new_report(args, run_id: str, bootstrap: str) -> dict:
@@ -141,10 +131,10 @@ def run_benchmark(args) -> int:
     started = time.monotonic()
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     out_dir = Path(args.out_dir)
-    log_dir = _make_log_dir(out_dir, run_id)
+    log_dir = make_log_dir(out_dir, run_id)
     say(f"benchmark {run_id}: {args.events:,} events, {args.partitions} partitions, pipeline threads "
         f"{','.join(map(str, args.threads_list))}; logs in {log_dir}")
-    bootstrap = _bootstrap_servers(args)
+    bootstrap = bootstrap_servers(args.bootstrap_servers)
     bench = Bench(args, bootstrap, run_id, log_dir)
     bench.steps = 5 + len(args.threads_list) + (1 if args.with_confluent else 0) + 1
     report = _new_report(args, run_id, bootstrap)
@@ -157,8 +147,35 @@ def run_benchmark(args) -> int:
     return _finish(report, started, out_dir)
 
 
+def build_compare_parser() -> EnvArgumentParser:
+    parser = EnvArgumentParser(
+        prog="python -m loginpipe.benchmark compare",
+        description="Drain throughput, CPU and peak RSS of two versions of the code (git refs or the "
+                    "working tree), each from its own copy, taking turns on one preloaded topic; medians. "
+                    "Results in bench-results/compare-<run>.{json,md}; exit code 1 when a run failed.",
+        epilog="example: python -m loginpipe.benchmark compare HEAD~1 --events 200000 --rounds 3")
+    parser.add_argument("before", metavar="BEFORE", help="git ref of the baseline version")
+    parser.add_argument("after", metavar="AFTER", nargs="?", default=None,
+                        help="git ref of the version to compare; when left out, the working tree as it is "
+                             "on disk, uncommitted changes included")
+    parser.add_env_argument("--bootstrap-servers", env="BOOTSTRAP_SERVERS", default=None,
+                            help="use this broker; when unset, the local broker is started (127.0.0.1:29092)")
+    parser.add_env_argument("--events", env="BENCH_EVENTS", type=positive_int, default=1_000_000,
+                            help="events to preload and drain in each run")
+    parser.add_env_argument("--rounds", env="BENCH_ROUNDS", type=positive_int, default=3,
+                            help="rounds; each drains the input once with each version")
+    parser.add_env_argument("--partitions", env="BENCH_PARTITIONS", type=positive_int, default=4,
+                            help="partitions of the input, output and dead-letter topics")
+    parser.add_env_argument("--out-dir", env="BENCH_OUT_DIR", default=str(DEFAULT_OUT_DIR),
+                            help="where results (and child process logs) go")
+    parser.add_env_argument("--seed", env="BENCH_SEED", type=int, default=7, help="generator seed")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in CHILD_COMMANDS:
         return run_child_command(argv)
+    if argv and argv[0] == "compare":
+        return run_compare(build_compare_parser().parse_args(argv[1:]))
     return run_benchmark(build_parser().parse_args(argv))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from loginpipe.config import positive_int
+from loginpipe.cli import positive_int
+from loginpipe.errors import UserError
 
 RESULT_PREFIX = "BENCH-RESULT "
 MB = 1_000_000
@@ -40,3 +42,26 @@ def positive_float(text: str) -> float:
 
 
 positive_float.__name__ = "positive number"
+
+
+def make_log_dir(out_dir: Path, run_id: str) -> Path:
+    """``out_dir/logs/run_id``, made now, so a bad path fails before the runs."""
+    log_dir = out_dir / "logs" / run_id
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
+    return log_dir
+
+
+def bootstrap_servers(given: str | None) -> str:
+    """The broker to use: the one given, which must answer, or the local broker, started."""
+    from loginpipe.local.broker import LocalBroker, broker_answers
+
+    if given is None:
+        broker = LocalBroker()
+        say(f"kafka: {broker.start_or_reuse()}")
+        return broker.bootstrap_servers
+    if not broker_answers(given, timeout_s=5.0):
+        raise UserError(f"cannot reach a Kafka broker at {given}; is it running? (make kafka-start)")
+    return given

@@ -56,19 +56,25 @@ class ChildResult:
 _LIVE: set[Child] = set()  # children still running, stopped on the way out
 
 
+def child_env(code: Path) -> dict[str, str]:
+    """This environment with ``code`` first on the import path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)}
+
+
 class Child:
     """One child process of a benchmark step."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path) -> None:
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, code: Path = PROJECT_ROOT) -> None:
+        """Start ``cmd`` in ``code`` (a copy of the project: this one, or another version's),
+        with ``code`` first on the import path, so it imports that copy's ``loginpipe``."""
         self.name = name
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         self.out_path = log_dir / f"{slug}.out"
         self.err_path = log_dir / f"{slug}.err"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, env=env)
+            self.proc = subprocess.Popen(cmd, cwd=code, stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL, env=child_env(code))
         self.started = time.monotonic()
         self.result: ChildResult | None = None
         self._shown = ""

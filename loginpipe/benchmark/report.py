@@ -81,16 +81,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _machine_line(m: dict) -> str:
+    return (f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['python']}, "
+            f"Kafka {m['kafka']}, kafka-python {m['kafka_python']}, {m['java']}; git {m['git']}")
+
+
 def _throughput_section(report: dict) -> list[str]:
     """The title, the machine, and the throughput table with its notes."""
     s = report["settings"]
     pre = report["preload"]
-    m = report["machine"]
     lines = [
         f"# loginpipe benchmark {report['run_id']}",
         "",
-        f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['python']}, Kafka {m['kafka']}, "
-        f"kafka-python {m['kafka_python']}, {m['java']}; git {m['git']}",
+        _machine_line(report["machine"]),
         "",
         f"## Throughput: {s['events']:,} events, {s['partitions']} partitions, "
         f"{pre['value_bytes'] / MB:,.1f} MB of values",
@@ -152,6 +155,43 @@ def _memory_section(mem: dict) -> list[str]:
             f"| {users:,} | {_num(u.get('rss_mib'))} | {_num(u.get('bytes_per_added_user'))} | "
             f"{_num(c.get('rss_mib'))} | {_num(c.get('tracked_users'))} |")
     return lines
+
+
+def compare_markdown(report: dict) -> str:
+    """A comparison of two versions: each round's events/s per version, the medians and their ratio."""
+    s, summary = report["settings"], report["summary"]
+    rounds = range(1, s["rounds"] + 1)
+    lines = [
+        f"# loginpipe drain comparison {report['run_id']}",
+        "",
+        _machine_line(report["machine"]),
+        "",
+        f"{s['events']:,} events ({report['preload']['value_bytes'] / MB:,.1f} MB of values), "
+        f"{s['partitions']} partitions, {s['rounds']} round(s), the versions taking turns; rates from "
+        "the first record received to the last one done, CPU and peak RSS of the whole process.",
+        "",
+        "| version | code | " + " | ".join(f"round {i} events/s" for i in rounds)
+        + " | median events/s | median CPU s | peak RSS MiB |",
+        "|---|---|" + "---:|" * (len(rounds) + 3),
+    ]
+    for label in ("before", "after"):
+        row = summary[label]
+        by_round = ("failed" if v is None else _num(v) for v in row["events_per_s_by_round"])
+        lines.append(f"| {label} | {row['code']} | " + " | ".join(by_round)
+                     + f" | {_num(row['median_events_per_s'])} | {_num(row['median_cpu_s'], ',.1f')} | "
+                     f"{_num(row['peak_rss_mib'])} |")
+    ratio, cpu = summary["ratio_after_before"], summary["cpu_ratio_after_before"]
+    lines.append("")
+    if ratio is None:
+        lines.append("after ÷ before: no ratio (a version has no successful run).")
+    else:
+        lines.append(f"after ÷ before, median events/s: {ratio:.3f} ({ratio - 1:+.1%})"
+                     + (f"; median CPU s: {cpu:.3f} ({cpu - 1:+.1%})" if cpu else "") + ".")
+    for run in report["runs"]:
+        if run.get("error"):
+            lines.append(f"Round {run['round']}, {run['version']}: failed: {run['error']}")
+    lines += ["", f"Total duration: {report['duration_s'] / 60:.1f} min ({report['duration_s']:.0f}s)."]
+    return "\n".join(lines) + "\n"
 
 
 # --- chart and files -------------------------------------------------------------------------

@@ -16,12 +16,14 @@ from typing import Any
 from loginpipe.benchmark.common import MB, say
 from loginpipe.benchmark.process import Child, ChildResult, stop_live_children
 from loginpipe.errors import UserError
+from loginpipe.kafka.admin import admin_client, delete_topics, ensure_topics
 from loginpipe.local.broker import DEFAULT_HOME, ensure_jars
-from loginpipe.topics import TopicSpec, admin_client, delete_topics, ensure_topics
+from loginpipe.topics import TopicSpec
 from loginpipe.waiting import wait_until
 
 # The latency run produces once the pipeline's group has been Stable this long without a break.
 GROUP_SETTLE_S = 3.0
+IDLE_STOP_S = 2  # a drain's --stop-when-idle: the pipeline exits this long after the input is drained
 SUMMARY_RE = re.compile(r"consumed ([\d,]+) in [\d.,]+s \([\d,]+ msg/s\): processed ([\d,]+), "
                         r"filtered ([\d,]+), dead-lettered ([\d,]+)")
 TIMING_RE = re.compile(r"timing: first record to last processed in ([\d.]+)s")
@@ -171,7 +173,8 @@ def python_run(bench: Bench, label: str, kind: str, child: Child, **extra: Any) 
     """Wait for a Python consumer run and read its consumed count and first-to-last timing."""
     result = child.wait(bench.timeout_s(bench.args.events)).check()
     out = result.stdout
-    consumed_match = SUMMARY_RE.search(out) or re.search(r"consumed ([\d,]+) in", out)
+    counts = SUMMARY_RE.search(out)
+    consumed_match = counts or re.search(r"consumed ([\d,]+) in", out)  # older summaries: no split
     timing = TIMING_RE.search(out)
     if not consumed_match or not timing:
         raise UserError(f"{label}: no summary in its output; tail:\n{result.tail()}")
@@ -181,7 +184,8 @@ def python_run(bench: Bench, label: str, kind: str, child: Child, **extra: Any) 
         extra.update({k: v for k, v in result.result_json().items() if k not in ("consumed", "busy_s")})
     row = throughput_row(label, kind, consumed, busy_s, result, bench.value_bytes, bench.args.events, **extra)
     if kind == "pipeline":
-        processed, filtered, dead = (int(g.replace(",", "")) for g in SUMMARY_RE.search(out).groups()[1:])
+        processed, filtered, dead = ((int(g.replace(",", "")) for g in counts.groups()[1:]) if counts
+                                     else (None, None, None))
         resent = RESENT_RE.search(out)
         row.update(processed=processed, filtered=filtered, dead_lettered=dead,
                    resent=int(resent.group(1).replace(",", "")) if resent else None)
@@ -230,28 +234,47 @@ def snapshot_topic_flags(bench: Bench, suffix: str) -> list[str]:
     return ["--summary-topic", summary, "--metrics-topic", metrics]
 
 
-def step_pipeline(bench: Bench, topic: str, threads: int) -> dict:
-    args = bench.args
-    bench.announce(f"the pipeline, --threads {threads}")
-    out, dlq = bench.name(f"t{threads}-out"), bench.name(f"t{threads}-dlq")
+def pipeline_topics(bench: Bench, suffix: str) -> tuple[str, str]:
+    """A drain's own output and dead-letter topics, fresh."""
+    out, dlq = bench.name(f"{suffix}-out"), bench.name(f"{suffix}-dlq")
     bench.create_topics(TopicSpec(out, "benchmark output", configs={"compression.type": "producer"}),
                         TopicSpec(dlq, "benchmark dead letters"))
-    cmd = [sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bench.bootstrap,
-           "--input-topic", topic, "--output-topic", out, "--dlq-topic", dlq,
-           *snapshot_topic_flags(bench, f"t{threads}"),
-           "--group-id", bench.group(f"t{threads}"), "--threads", str(threads),
-           "--stop-when-idle", "2", "--quiet"]
-    row = python_run(bench, f"pipeline, {threads} thread{'s' if threads > 1 else ''}", "pipeline",
-                     Child(f"pipeline t{threads}", cmd, bench.log_dir), threads=threads)
+    return out, dlq
+
+
+def drain_command(bench: Bench, topic: str, out: str, dlq: str, group: str, *flags: str) -> list[str]:
+    """create_kafka_consumer.py draining ``topic`` from the start with a fresh group, then stopping
+    when idle. Besides ``flags``, only flags that every version of it has: a compared version runs
+    its own copy of this script."""
+    return [sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bench.bootstrap,
+            "--input-topic", topic, "--output-topic", out, "--dlq-topic", dlq, "--group-id", group,
+            *flags, "--stop-when-idle", str(IDLE_STOP_S), "--quiet"]
+
+
+def check_accounting(bench: Bench, row: dict, out: str, dlq: str) -> None:
+    """Add the output and dead-letter topics' record counts to a drain's row, and whether every
+    input record is accounted for (a summary without the split counts: by the consumed count only)."""
     row["output_records"] = sum(end_offsets(bench.bootstrap, out).values())
     row["dlq_records"] = sum(end_offsets(bench.bootstrap, dlq).values())
-    row["accounting_ok"] = (row["consumed"] == args.events
-                            and row["processed"] + row["filtered"] + row["dead_lettered"] == row["consumed"]
-                            and row["output_records"] >= row["processed"]
-                            and row["dlq_records"] >= row["dead_lettered"])
-    say(f"      processed {row['processed']:,}, filtered {row['filtered']:,}, dead-lettered "
-        f"{row['dead_lettered']:,}; output topic {row['output_records']:,}, dlq {row['dlq_records']:,}; "
+    counted = row["processed"] is not None
+    row["accounting_ok"] = (row["consumed"] == bench.args.events and (
+        not counted or (row["processed"] + row["filtered"] + row["dead_lettered"] == row["consumed"]
+                        and row["output_records"] >= row["processed"]
+                        and row["dlq_records"] >= row["dead_lettered"])))
+    split = (f"processed {row['processed']:,}, filtered {row['filtered']:,}, dead-lettered "
+             f"{row['dead_lettered']:,}; " if counted else "")
+    say(f"      {split}output topic {row['output_records']:,}, dlq {row['dlq_records']:,}; "
         f"accounting {'ok' if row['accounting_ok'] else 'MISMATCH'}")
+
+
+def step_pipeline(bench: Bench, topic: str, threads: int) -> dict:
+    bench.announce(f"the pipeline, --threads {threads}")
+    out, dlq = pipeline_topics(bench, f"t{threads}")
+    cmd = drain_command(bench, topic, out, dlq, bench.group(f"t{threads}"),
+                        *snapshot_topic_flags(bench, f"t{threads}"), "--threads", str(threads))
+    row = python_run(bench, f"pipeline, {threads} thread{'s' if threads > 1 else ''}", "pipeline",
+                     Child(f"pipeline t{threads}", cmd, bench.log_dir), threads=threads)
+    check_accounting(bench, row, out, dlq)
     return row
 
 

@@ -21,7 +21,7 @@ from loginpipe.core.records import (
     filtered_record,
     processed_record,
 )
-from loginpipe.core.state import Aggregates
+from loginpipe.core.state import Aggregating
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class BatchResult:
     risk_levels: Counter = field(default_factory=Counter)  # of the processed events
 
 
-def process_batch(records: Sequence[RawRecord], state: Aggregates, topology: Topology,
+def process_batch(records: Sequence[RawRecord], state: Aggregating, topology: Topology,
                   now_s: float) -> BatchResult:
     """Run one batch through every step; ``state`` is updated once for the whole batch."""
     result = BatchResult(consumed=len(records))

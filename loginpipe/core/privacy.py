@@ -2,9 +2,10 @@
 
 GDPR and CCPA treat both as personal data. In privacy mode the output carries a masked IP
 (``addresses.mask_ip``: IPv4 /24, IPv6 /64) and a pseudonymous device id: a keyed HMAC-SHA256
-of it, with a secret from the environment. The same device always maps to the same token, so
-counting shared devices downstream still works, and without the secret nobody can find a
-device id by hashing guesses. The aggregations inside the process still see the raw values.
+of it, with a secret the shell passes in (``config.privacy_from_environment`` reads it from
+$PRIVACY_SECRET; nothing here reads the environment). The same device always maps to the same
+token, so counting shared devices downstream still works, and without the secret nobody can find
+a device id by hashing guesses. The aggregations inside the process still see the raw values.
 
 A dead letter can be any bytes in any shape, so no search for IPs in it can be trusted. Its key
 and value are sealed whole instead, in an envelope (AES-256-GCM, key derived from the secret by
@@ -32,9 +33,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from loginpipe.core.addresses import mask_ip
-from loginpipe.errors import UserError
 
-SECRET_ENV = "PRIVACY_SECRET"
+SECRET_ENV = "PRIVACY_SECRET"  # where the shell finds the secret (config.privacy_from_environment)
 MIN_SECRET_BYTES = 16
 TOKEN_HEX_CHARS = 32  # 128 bits of the HMAC: collisions are negligible, records stay short
 
@@ -78,17 +78,6 @@ class Sealed:
 @dataclass(frozen=True)
 class Privacy:
     secret: bytes = field(repr=False)  # never in a printed config, route or test failure
-
-    @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None,
-                         needed_by: str = "--privacy") -> Privacy:
-        """The secret from $PRIVACY_SECRET; a UserError when it is missing or short."""
-        secret = (os.environ if environ is None else environ).get(SECRET_ENV, "")
-        if len(secret.encode()) < MIN_SECRET_BYTES:
-            state = "is not set" if not secret else f"has fewer than {MIN_SECRET_BYTES} bytes"
-            raise UserError(f"{needed_by} needs a secret key: ${SECRET_ENV} {state} (e.g. export "
-                            f"{SECRET_ENV}=$(python3 -c 'import secrets; print(secrets.token_hex(32))'))")
-        return cls(secret.encode())
 
     def device_token(self, device_id: str) -> str:
         """The pseudonymous device id: the same device, the same token; irreversible without the key."""

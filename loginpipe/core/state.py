@@ -1,8 +1,10 @@
-"""In-memory aggregations over the stream, shared by every worker thread of a process.
+"""In-memory aggregations over the stream: plain data structures, no locks, no clock.
 
 Each aggregation is a small store with one job (counting, or distinct values per key), so that
 a later step can split the stores by key (the input is keyed by user_id) and checkpoint them
-to a changelog topic. ``Aggregates.apply`` takes the lock once per batch, never per message.
+to a changelog topic. ``Aggregates`` is not thread-safe: the runtime shares one between its
+worker threads through ``runtime/shared.py``'s ``LockedAggregates``, which takes a lock once per
+``apply`` (a batch), never per message.
 
 Memory is bounded. The per-key stores (IPs per user, users per device) keep two generations
 of keys: when the current generation holds ``max_keys / 2`` keys, the older one is dropped and
@@ -14,7 +16,6 @@ keep at most ``max_keys`` distinct labels and count the rest under ``OTHER``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -162,12 +163,18 @@ class Snapshot(NamedTuple):
 _new_snapshot = tuple.__new__  # builds a Snapshot without NamedTuple's Python-level __new__
 
 
+class Aggregating(Protocol):
+    """What ``batch.process_batch`` needs of the aggregations: ``Aggregates``, or the runtime's
+    ``LockedAggregates`` around one."""
+
+    def apply(self, batch: Sequence[tuple[Observed, str]]) -> list[Snapshot]: ...
+
+
 class Aggregates:
-    """Every aggregation the pipeline keeps; thread-safe, one lock acquisition per batch."""
+    """Every aggregation the pipeline keeps. Not thread-safe (see the module docstring)."""
 
     def __init__(self, max_tracked_keys: int = DEFAULT_MAX_TRACKED_KEYS,
                  max_values_per_key: int = DEFAULT_MAX_VALUES_PER_KEY) -> None:
-        self._lock = threading.Lock()
         self.by_version = CountStore()
         self.by_locale = CountStore()
         self.by_device_type = CountStore()
@@ -186,78 +193,75 @@ class Aggregates:
         """Count a batch of (event, normalized device type); return each one's snapshot, in order."""
         snapshots = []
         append = snapshots.append
-        with self._lock:
-            add_version, add_locale = self.by_version.add, self.by_locale.add
-            add_ip, add_user = self.ips_by_user.add, self.users_by_device.add
-            offer_user, offer_device = self.top_multi_ip_users.offer, self.top_shared_devices.offer
-            add_hour, hours = self.by_epoch_hour.add, self.by_epoch_hour.counts
-            by_device_type = self.by_device_type
-            device_counts, version_counts = by_device_type.counts, self.by_version.counts
-            most_common, newest_major = self._most_common, self.newest_major
-            for event, device_type in batch:
-                device_total = by_device_type.add(device_type)
-                if device_total > device_counts.get(most_common, 0):
-                    most_common = device_type
-                version = event.app_version
-                version_total = add_version(version)
-                if version_total == 1 and version in version_counts:  # a new version (not OTHER)
-                    newest_major = max(newest_major, version_parts(version)[0])
-                hour = int(event.epoch_s) // 3600
-                if hour in hours:  # nearly always: skip the call (and its cap check)
-                    hours[hour] += 1
-                else:
-                    add_hour(hour)
-                ips = add_ip(event.user_id, event.ip)
-                if ips > 1:
-                    offer_user(event.user_id, ips)
-                users = add_user(event.device_id, event.user_id)
-                if users > 1:
-                    offer_device(event.device_id, users)
-                append(_new_snapshot(Snapshot, (
-                    version_total,
-                    add_locale(event.locale),
-                    device_total,
-                    ips,
-                    users,
-                    most_common,
-                    newest_major,
-                )))
-            self._most_common, self.newest_major = most_common, newest_major
-            self.events += len(snapshots)
+        add_version, add_locale = self.by_version.add, self.by_locale.add
+        add_ip, add_user = self.ips_by_user.add, self.users_by_device.add
+        offer_user, offer_device = self.top_multi_ip_users.offer, self.top_shared_devices.offer
+        add_hour, hours = self.by_epoch_hour.add, self.by_epoch_hour.counts
+        by_device_type = self.by_device_type
+        device_counts, version_counts = by_device_type.counts, self.by_version.counts
+        most_common, newest_major = self._most_common, self.newest_major
+        for event, device_type in batch:
+            device_total = by_device_type.add(device_type)
+            if device_total > device_counts.get(most_common, 0):
+                most_common = device_type
+            version = event.app_version
+            version_total = add_version(version)
+            if version_total == 1 and version in version_counts:  # a new version (not OTHER)
+                newest_major = max(newest_major, version_parts(version)[0])
+            hour = int(event.epoch_s) // 3600
+            if hour in hours:  # nearly always: skip the call (and its cap check)
+                hours[hour] += 1
+            else:
+                add_hour(hour)
+            ips = add_ip(event.user_id, event.ip)
+            if ips > 1:
+                offer_user(event.user_id, ips)
+            users = add_user(event.device_id, event.user_id)
+            if users > 1:
+                offer_device(event.device_id, users)
+            append(_new_snapshot(Snapshot, (
+                version_total,
+                add_locale(event.locale),
+                device_total,
+                ips,
+                users,
+                most_common,
+                newest_major,
+            )))
+        self._most_common, self.newest_major = most_common, newest_major
+        self.events += len(snapshots)
         return snapshots
 
     def summary(self, top: int = 5) -> dict:
-        """A consistent copy of the headline figures."""
-        with self._lock:
-            return {
-                "events": self.events,
-                "top_app_versions": self.by_version.top(top),
-                "top_locales": self.by_locale.top(top),
-                "device_types": self.by_device_type.top(top),
-                "most_common_device_type": self._most_common,
-                "multi_ip_users": self.ips_by_user.multi,
-                "shared_devices": self.users_by_device.multi,
-                "tracked_users": len(self.ips_by_user),
-                "tracked_devices": len(self.users_by_device),
-            }
+        """A copy of the headline figures (consistent while no ``apply`` runs meanwhile)."""
+        return {
+            "events": self.events,
+            "top_app_versions": self.by_version.top(top),
+            "top_locales": self.by_locale.top(top),
+            "device_types": self.by_device_type.top(top),
+            "most_common_device_type": self._most_common,
+            "multi_ip_users": self.ips_by_user.multi,
+            "shared_devices": self.users_by_device.multi,
+            "tracked_users": len(self.ips_by_user),
+            "tracked_devices": len(self.users_by_device),
+        }
 
     def counts(self) -> dict:
-        """A consistent copy of every count, for the summary topic."""
-        with self._lock:
-            return {
-                "events": self.events,
-                "by_device_type": dict(self.by_device_type.counts),
-                "by_app_version": dict(self.by_version.counts),
-                "by_locale": dict(self.by_locale.counts),
-                "by_epoch_hour": dict(self.by_epoch_hour.counts),
-                "most_common_device_type": self._most_common,
-                "newest_major": self.newest_major,
-                "multi_ip_users": self.ips_by_user.multi,
-                "shared_devices": self.users_by_device.multi,
-                "tracked_users": len(self.ips_by_user),
-                "tracked_devices": len(self.users_by_device),
-                "forgotten_users": self.ips_by_user.forgotten,
-                "forgotten_devices": self.users_by_device.forgotten,
-                "top_multi_ip_users": self.top_multi_ip_users.top(TOP_LISTED),
-                "top_shared_devices": self.top_shared_devices.top(TOP_LISTED),
-            }
+        """A copy of every count, for the summary topic (consistent as ``summary`` is)."""
+        return {
+            "events": self.events,
+            "by_device_type": dict(self.by_device_type.counts),
+            "by_app_version": dict(self.by_version.counts),
+            "by_locale": dict(self.by_locale.counts),
+            "by_epoch_hour": dict(self.by_epoch_hour.counts),
+            "most_common_device_type": self._most_common,
+            "newest_major": self.newest_major,
+            "multi_ip_users": self.ips_by_user.multi,
+            "shared_devices": self.users_by_device.multi,
+            "tracked_users": len(self.ips_by_user),
+            "tracked_devices": len(self.users_by_device),
+            "forgotten_users": self.ips_by_user.forgotten,
+            "forgotten_devices": self.users_by_device.forgotten,
+            "top_multi_ip_users": self.top_multi_ip_users.top(TOP_LISTED),
+            "top_shared_devices": self.top_shared_devices.top(TOP_LISTED),
+        }

@@ -1,6 +1,6 @@
 import sys
 
-from loginpipe.config import run_cli
+from loginpipe.cli import run_cli
 from loginpipe.dashboard.cli import main
 
 sys.exit(run_cli(main))

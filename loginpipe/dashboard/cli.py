@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from loginpipe.config import (
+from loginpipe.cli import (
     EnvArgumentParser,
     add_bootstrap_argument,
     optional_topic,

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from loginpipe.config import EnvArgumentParser, run_cli
+from loginpipe.cli import EnvArgumentParser, run_cli
 from loginpipe.errors import UserError
 from loginpipe.waiting import wait_until
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from loginpipe.config import (
+from loginpipe.cli import (
     EnvArgumentParser,
     add_bootstrap_argument,
     non_negative_float,

@@ -14,18 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loginpipe.config import (
-    DEFAULT_BOOTSTRAP,
-    EnvArgumentParser,
-    build_pipeline_parser,
-    non_negative_float,
-    pipeline_config,
-    port_number,
-    run_cli,
-)
+from loginpipe.cli import DEFAULT_BOOTSTRAP, EnvArgumentParser, non_negative_float, port_number, run_cli
+from loginpipe.config import build_pipeline_parser, pipeline_config
+from loginpipe.kafka.admin import ensure_topics
 from loginpipe.local.broker import LocalBroker, port_is_free
 from loginpipe.runtime.app import Application, tune_gc
-from loginpipe.topics import TOPICS, ensure_topics
+from loginpipe.topics import DEFAULT_PARTITIONS, TOPICS
 from loginpipe.waiting import wait_until
 
 DASHBOARD_START_S = 20.0
@@ -87,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     config = pipeline_config(consumer_args)
     if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
         print(f"kafka: {LocalBroker().start_or_reuse()}", flush=True)
-    for result in ensure_topics(config.bootstrap_servers, TOPICS):
+    for result in ensure_topics(config.bootstrap_servers, TOPICS, DEFAULT_PARTITIONS):
         print(f"topic {result.describe()}", flush=True)
     generator = None
     if args.rate > 0:

@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from loginpipe.core.records import OutputRecord
-from loginpipe.runtime.delivery import NotQueued, Sender
+from loginpipe.kafka.base import ClientError, CommitRejected, Consumer, NotQueued
+from loginpipe.runtime.delivery import Sender
 
 # Per worker. 20,000 outputs of ~0.9 kB are ~18 MB of values, plus the records the producer holds.
 MAX_PENDING_RECORDS = 20_000
@@ -52,7 +53,7 @@ def _size(records: Sequence[OutputRecord]) -> int:
 class Checkpointer:
     """One worker's pending batches and the offsets they may commit once delivered."""
 
-    def __init__(self, consumer, sender: Sender, every_records: int, interval_s: float,
+    def __init__(self, consumer: Consumer, sender: Sender, every_records: int, interval_s: float,
                  warn: Callable[[str], None], on_acked: Callable[[object], None] = lambda counts: None,
                  on_resend: Callable[[int], None] = lambda n: None,
                  clock: Callable[[], float] = time.monotonic,
@@ -148,16 +149,14 @@ class Checkpointer:
         return self.clock() - self._progress_at if self._pending else 0.0
 
     def committable(self) -> dict:
-        """Acknowledged, not yet committed offsets, in the form KafkaConsumer.commit takes."""
-        from kafka.structs import OffsetAndMetadata
-
-        return {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._acked_offsets.items()}
+        """Acknowledged, not yet committed offsets: partition -> next offset to read."""
+        return dict(self._acked_offsets)
 
     def mark_committed(self, offsets: dict) -> None:
         """Record that ``offsets`` (from ``committable``) were committed by some other path."""
-        for tp, meta in offsets.items():
-            self.committed[tp] = meta.offset
-            if self._acked_offsets.get(tp) == meta.offset:
+        for tp, offset in offsets.items():
+            self.committed[tp] = offset
+            if self._acked_offsets.get(tp) == offset:
                 del self._acked_offsets[tp]
 
     def forget(self, partitions) -> None:
@@ -206,22 +205,20 @@ class Checkpointer:
             self.on_resend(resent)
 
     def _commit(self, timeout_s: float = COMMIT_TIMEOUT_S) -> None:
-        from kafka.errors import CommitFailedError, KafkaError
-
         offsets = self.committable()
         if not offsets:
             if not self._pending:
                 self._restart_interval()
             return  # still due: the next loop commits as soon as something is acknowledged
         try:
-            self.consumer.commit(offsets, timeout_ms=int(timeout_s * 1000))
-        except CommitFailedError:
+            self.consumer.commit(offsets, timeout_s)
+        except CommitRejected:
             # The group moved on (this member was rebalanced out): the new owner of these
             # partitions starts from the last committed offsets, so records are repeated, not lost.
             self.warn("commit rejected after a rebalance; the new owner will re-read those records")
             self._acked_offsets.clear()
             return
-        except KafkaError as exc:
+        except ClientError as exc:
             self.warn(f"commit failed ({exc!r}); will retry")
             return
         self.mark_committed(offsets)

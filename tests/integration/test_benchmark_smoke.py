@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from loginpipe.topics import admin_client
+from loginpipe.kafka.admin import admin_client
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.integration

@@ -55,16 +55,6 @@ def test_stale_pid_file_is_not_mistaken_for_a_running_broker(tmp_path: Path, kaf
     assert broker.status() == "not running"
 
 
-def test_cli_status_exit_code_when_stopped(tmp_path: Path) -> None:
-    from tests.helpers import run_cli
-
-    result = run_cli("-m", "loginpipe.local.broker", "status", "--home", str(tmp_path / "none"))
-    assert result.returncode == 3
-    assert result.stdout.strip() == "not running"
-    bad = run_cli("-m", "loginpipe.local.broker", "launch")
-    assert bad.returncode == 2 and "invalid choice" in bad.stderr and "Traceback" not in bad.stderr
-
-
 def test_start_or_reuse_uses_a_kafka_already_on_the_port(tmp_path: Path, kafka_libs: Path, kafka) -> None:
     port = int(kafka.bootstrap.rpartition(":")[2])
     other = LocalBroker(home=tmp_path / "other", port=port, controller_port=free_port(), libs=kafka_libs)

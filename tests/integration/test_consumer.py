@@ -23,9 +23,9 @@ from loginpipe.core.records import (
     SOURCE_PARTITION_HEADER,
     SOURCE_TOPIC_HEADER,
 )
+from loginpipe.kafka.admin import delete_topics
 from loginpipe.local.broker import LocalBroker, free_port
 from loginpipe.local.generator import GOOD, Generated
-from loginpipe.topics import delete_topics
 from loginpipe.waiting import wait_until
 from tests.helpers import (
     committed_offsets,
@@ -256,12 +256,6 @@ def test_missing_topic_is_one_line(bootstrap: str, topic_name) -> None:
                      "--input-topic", topic_name("nope"))
     assert result.returncode == 1
     assert "do not exist" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_wrong_flag_is_one_line() -> None:
-    result = run_cli("create_kafka_consumer.py", "--threads", "0")
-    assert result.returncode == 2
-    assert "invalid positive integer value: '0'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_broker_lost_mid_run_then_back_loses_nothing(tmp_path: Path, kafka_libs: Path, topic_name,

@@ -20,9 +20,10 @@ import pytest
 from loginpipe.core.events import REASONS as DEAD_LETTER_REASONS
 from loginpipe.dashboard.feed import DashboardSettings, Feed
 from loginpipe.dashboard.view import LIVE, WAITING
+from loginpipe.kafka.admin import ensure_topics
 from loginpipe.local.broker import LocalBroker, free_port
 from loginpipe.local.generator import make_producer
-from loginpipe.topics import TopicSpec, ensure_topics
+from loginpipe.topics import TopicSpec
 from loginpipe.waiting import wait_until
 from tests.helpers import (
     ROOT,
@@ -229,7 +230,7 @@ def test_feed_waits_for_topics_that_do_not_exist_yet(bootstrap: str, topic_name)
         waiting = wait_until(lambda: (v := feed.view()).status == WAITING and "does not exist" in v.error
                              and v, 30)
         assert waiting, feed.view()
-        ensure_topics(bootstrap, [TopicSpec(name, "test", 1) for name in (summary, metrics, output)])
+        ensure_topics(bootstrap, [TopicSpec(name, "test", 1) for name in (summary, metrics, output)], 1)
         write_snapshot(bootstrap, summary, "g", 42)
         live = wait_until(lambda: (v := feed.view()).status == LIVE and v, 60)
         assert live and live.summary["totals"]["processed"] == 42

@@ -22,7 +22,6 @@ from tests.helpers import (
     generated,
     preload,
     read_topic,
-    run_cli,
     run_pipeline,
     start_consumer,
     summary_counts,
@@ -214,17 +213,3 @@ def test_privacy_mode_leaks_no_raw_ip_or_device_id(bootstrap: str, topic_name, t
                for r in read_topic(bootstrap, topics.dlq, dead))
     assert all(r.key == orjson.loads(r.value)["user_id"].encode()
                for r in read_topic(bootstrap, topics.filtered, filtered))
-
-
-def test_privacy_mode_without_a_secret_is_a_one_line_error() -> None:
-    result = run_cli("create_kafka_consumer.py", "--privacy", env={"PRIVACY_SECRET": ""})
-    assert result.returncode == 1
-    assert result.stderr.startswith("error: --privacy needs a secret key: $PRIVACY_SECRET is not set")
-    assert len(result.stderr.strip().splitlines()) == 1
-
-
-def test_wrong_app_versions_flag_is_one_line() -> None:
-    result = run_cli("create_kafka_consumer.py", "--app-versions", "2.3,latest")
-    assert result.returncode == 2
-    assert "invalid comma-separated list of x.y.z versions value" in result.stderr
-    assert "Traceback" not in result.stderr

@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from loginpipe.kafka.admin import delete_topics, ensure_topics
 from loginpipe.local.generator import GOOD, EventGenerator
-from loginpipe.topics import TopicSpec, delete_topics, ensure_topics
+from loginpipe.topics import TopicSpec
 from tests.helpers import read_topic, run_cli
 
 pytestmark = pytest.mark.integration

@@ -22,9 +22,9 @@ import pytest
 from kafka import KafkaProducer
 
 from loginpipe.core.records import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
+from loginpipe.kafka.kafka_python import KafkaPythonProducer
 from loginpipe.local.broker import LocalBroker, free_port
 from loginpipe.local.generator import EventGenerator
-from loginpipe.runtime.delivery import close_now
 from loginpipe.waiting import wait_until
 from tests.helpers import (
     committed_offsets,
@@ -88,7 +88,7 @@ class Feeder:
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join(timeout=10)
-        close_now(self.producer, timeout_s=5.0)
+        KafkaPythonProducer(self.producer).close(5.0)
 
 
 class Watcher:
@@ -205,6 +205,8 @@ def test_sigterm_during_an_outage_is_bounded_and_says_what_stays_unacknowledged(
     assert "more read but not acknowledged" in out.read_text()
 
 
+@pytest.mark.soak
+@pytest.mark.timeout(60 + SOAK_OUTAGES * (SOAK_OUTAGE_S + 240))
 def test_repeated_broker_kills_during_a_drain_lose_nothing_and_memory_stays_bounded(
         broker, topic_name, tmp_path: Path, reaper) -> None:
     bootstrap = broker.bootstrap_servers

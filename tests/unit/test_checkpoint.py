@@ -6,11 +6,9 @@ exercised against a broker in tests/integration."""
 
 from __future__ import annotations
 
-from kafka import TopicPartition
-from kafka.errors import KafkaTimeoutError
-from kafka.future import Future
-
 from loginpipe.core.records import OutputRecord
+from loginpipe.kafka.base import ClientError, Failed, NotQueued, TopicPartition
+from loginpipe.kafka.memory import Delivery
 from loginpipe.runtime.checkpoint import Checkpointer
 from loginpipe.runtime.delivery import MIN_REPLACE_INTERVAL_S, Sender
 
@@ -21,41 +19,51 @@ class RecordingConsumer:
     def __init__(self) -> None:
         self.commits: list[dict] = []
 
-    def commit(self, offsets, timeout_ms=None) -> None:
-        self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
+    def commit(self, offsets, timeout_s=None) -> None:
+        self.commits.append(dict(offsets))
+
+
+class Handle(Delivery):
+    """A delivery the test settles by hand."""
+
+    def success(self) -> None:
+        self.is_done = True
+
+    def failure(self, exc: BaseException) -> None:
+        self.exception, self.is_done = exc, True
 
 
 class ManualProducer:
-    """Every send returns a future the test resolves by hand; ``refuse`` makes send() raise."""
+    """Every send returns a delivery the test resolves by hand; ``refuse`` refuses to queue."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.sent: list[bytes] = []
-        self.futures: list[Future] = []
+        self.futures: list[Handle] = []
         self.closed = False
         self.refuse = False
 
-    def send(self, topic, value=None, key=None, headers=None, partition=None) -> Future:
+    def send_batch(self, records) -> list:
         if self.refuse:
-            raise KafkaTimeoutError("no metadata")
-        future = Future()
-        self.sent.append(value)
-        self.futures.append(future)
-        return future
+            return [Failed(NotQueued("no metadata"))] * len(records)
+        for r in records:
+            self.sent.append(r.value)
+            self.futures.append(Handle(r, self))
+        return self.futures[-len(records):] if records else []
 
-    def flush(self, timeout=None) -> None:
+    def flush(self, timeout_s) -> None:
         pass
 
-    def close(self, timeout=None) -> None:
+    def close(self, timeout_s) -> None:
         self.closed = True
         for future in self.futures:
             if not future.is_done:
-                future.failure(Exception("producer closed"))
+                future.failure(ClientError("producer closed"))
 
     def ack_all(self) -> None:
         for future in self.futures:
             if not future.is_done:
-                future.success("ok")
+                future.success()
 
 
 class Setup:
@@ -86,10 +94,10 @@ class Setup:
 def test_nothing_is_committed_or_counted_until_every_output_is_acknowledged() -> None:
     s = Setup()
     s.send(10, [b"a", b"b"])
-    s.producer.futures[0].success("ok")
+    s.producer.futures[0].success()
     s.checkpointer.maybe_commit()
     assert s.consumer.commits == [] and s.acked == []
-    s.producer.futures[1].success("ok")
+    s.producer.futures[1].success()
     s.checkpointer.maybe_commit()
     assert s.consumer.commits == [{TP: 10}] and s.acked == ["batch"]
 
@@ -99,11 +107,11 @@ def test_only_the_acknowledged_prefix_is_committed() -> None:
     s.send(10, [b"a", b"b"], "first")
     s.send(20, [b"c", b"d"], "second")
     for future in s.producer.futures[2:]:
-        future.success("ok")  # the later batch is done, the earlier one is not
+        future.success()  # the later batch is done, the earlier one is not
     s.checkpointer.maybe_commit()
     assert s.consumer.commits == [] and s.acked == []
     for future in s.producer.futures[:2]:
-        future.success("ok")
+        future.success()
     s.checkpointer.maybe_commit()
     assert s.consumer.commits == [{TP: 20}] and s.acked == ["first", "second"]
 
@@ -113,9 +121,9 @@ def test_a_failed_delivery_replaces_the_producer_and_resends_everything_unacknow
     s.send(10, [b"a", b"b"])
     s.send(20, [b"c", b"d"])
     old = s.producer
-    old.futures[0].success("ok")  # "a" made it
-    old.futures[3].success("ok")  # so did "d", but it is from a batch not yet complete
-    old.futures[1].failure(KafkaTimeoutError("Expiring 1 record(s)"))
+    old.futures[0].success()  # "a" made it
+    old.futures[3].success()  # so did "d", but it is from a batch not yet complete
+    old.futures[1].failure(ClientError("Expiring 1 record(s)"))
     s.checkpointer.collect()
     assert len(s.producers) == 2 and old.closed, "the failed producer was replaced"
     assert s.producer.sent == [b"b", b"c"], "everything not acknowledged, in order"
@@ -140,14 +148,14 @@ def test_a_replacement_by_another_worker_makes_this_one_resend_before_anything_n
 def test_replacements_are_rate_limited_and_a_failure_in_between_is_resent_in_place() -> None:
     s = Setup()
     s.send(10, [b"a"])
-    s.producer.futures[0].failure(Exception("boom"))
+    s.producer.futures[0].failure(ClientError("boom"))
     s.checkpointer.collect()
     assert len(s.producers) == 2
-    s.producer.futures[0].failure(Exception("boom again"))
+    s.producer.futures[0].failure(ClientError("boom again"))
     s.checkpointer.collect()
     assert len(s.producers) == 2 and s.producer.sent == [b"a", b"a"]  # same producer, sent again
     s.now[0] += MIN_REPLACE_INTERVAL_S
-    s.producer.futures[1].failure(Exception("still"))
+    s.producer.futures[1].failure(ClientError("still"))
     s.checkpointer.collect()
     assert len(s.producers) == 3 and s.producer.sent == [b"a"]
 
@@ -172,7 +180,7 @@ def test_over_limit_until_half_is_acknowledged() -> None:
     s.send(2, [b"d", b"e"])
     assert s.checkpointer.over_limit and not s.checkpointer.below_resume
     for future in s.producer.futures[:3]:
-        future.success("ok")
+        future.success()
     s.checkpointer.collect()
     assert not s.checkpointer.over_limit and s.checkpointer.below_resume
 

@@ -12,11 +12,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from loginpipe import dlq
-from loginpipe.config import run_cli
+from loginpipe.cli import run_cli
+from loginpipe.config import privacy_from_environment
 from loginpipe.core import events
 from loginpipe.core.addresses import mask_ip
 from loginpipe.core.batch import Topology, process_batch
-from loginpipe.core.events import RawRecord, Rejection, parse_event
+from loginpipe.core.events import RawRecord, Rejection, parse_unguarded
 from loginpipe.core.privacy import (
     ENVELOPE_MAGIC,
     SECRET_ENV,
@@ -65,10 +66,10 @@ def test_device_token_is_stable_keyed_and_not_a_plain_hash() -> None:
 
 def test_privacy_needs_a_long_enough_secret() -> None:
     with pytest.raises(UserError, match=SECRET_ENV):
-        Privacy.from_environment({})
+        privacy_from_environment({})
     with pytest.raises(UserError, match="fewer than 16 bytes"):
-        Privacy.from_environment({SECRET_ENV: "short"})
-    assert Privacy.from_environment({SECRET_ENV: "x" * 16}).secret == b"x" * 16
+        privacy_from_environment({SECRET_ENV: "short"})
+    assert privacy_from_environment({SECRET_ENV: "x" * 16}).secret == b"x" * 16
 
 
 def raw_values(values) -> set[str]:
@@ -123,7 +124,7 @@ def test_privacy_mode_never_raises_on_any_input(value: bytes) -> None:
 
 def test_a_secret_missing_for_the_dlq_command_names_the_command() -> None:
     with pytest.raises(UserError, match=r"^decrypting a dead letter needs a secret key"):
-        Privacy.from_environment({}, needed_by="decrypting a dead letter")
+        privacy_from_environment({}, needed_by="decrypting a dead letter")
 
 
 def seal_one(key: bytes | None, value: bytes | None, privacy: Privacy = KEY, offset: int = 42):
@@ -285,7 +286,7 @@ def personal_bad_records(draw) -> tuple[list[str], bytes | None, bytes | None]:
 @given(personal_bad_records())
 def test_no_shape_of_bad_record_leaks_into_a_dead_letter(case) -> None:
     personal, key, value = case
-    rejection = parse_event(value, 1.8e9)
+    rejection = parse_unguarded(value, 1.8e9)
     assume(isinstance(rejection, Rejection))
     out = dead_letter(Routes("out", "dlq", privacy=KEY), RawRecord("in", 1, 7, 0, key, value), rejection)
     blob = b"\n".join([out.key or b"", out.value, *(n.encode() + v for n, v in out.headers)])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import orjson
-from kafka.errors import KafkaTimeoutError
-from kafka.future import Future
 
 from loginpipe.config import PipelineConfig
 from loginpipe.core.batch import BatchResult
 from loginpipe.core.state import Aggregates
+from loginpipe.kafka.base import ClientError, Failed, NotQueued
+from loginpipe.kafka.memory import Delivery
 from loginpipe.observe.publish import Publisher
 from loginpipe.observe.stats import Stats
 from loginpipe.runtime.delivery import Sender
@@ -19,17 +19,18 @@ class Recorder:
 
     def __init__(self, fail: bool = False) -> None:
         self.sent: list[tuple[str, bytes, dict]] = []
-        self.futures: list[Future] = []
+        self.futures: list[Delivery] = []
         self.fail = fail
 
-    def send(self, topic: str, value: bytes, key: bytes, headers=None, partition=None) -> Future:
+    def send_batch(self, records) -> list:
         if self.fail:
-            raise KafkaTimeoutError("buffer full")
-        self.sent.append((topic, key, orjson.loads(value)))
-        self.futures.append(Future())
-        return self.futures[-1]
+            return [Failed(NotQueued("buffer full"))] * len(records)
+        for r in records:
+            self.sent.append((r.topic, r.key, orjson.loads(r.value)))
+            self.futures.append(Delivery(r, self))
+        return self.futures[-len(records):]
 
-    def close(self, timeout=None) -> None:
+    def close(self, timeout_s) -> None:
         pass
 
 
@@ -98,11 +99,11 @@ def test_a_failed_snapshot_delivery_replaces_the_producer_and_is_sent_again() ->
     publisher, _, warnings = make(config, first, now, more=[second])
     now[0] = 5.0
     publisher.tick()
-    first.futures[0].failure(KafkaTimeoutError("Expiring 1 record(s)"))
+    first.futures[0].exception, first.futures[0].is_done = ClientError("Expiring 1 record(s)"), True
     publisher.settle()
     assert [t for t, _, _ in second.sent] == ["m"] and publisher.pending == 1
     assert any("replacing it" in w for w in warnings)
-    second.futures[0].success("ok")
+    second.futures[0].is_done = True
     publisher.settle()
     assert publisher.pending == 0
 

@@ -6,6 +6,7 @@ import threading
 from types import SimpleNamespace
 
 from loginpipe.core.state import OTHER, Aggregates, CountStore, DistinctStore
+from loginpipe.runtime.shared import LockedAggregates
 
 
 def obs(user="u1", ip="1.1.1.1", device="d1", version="2.3.0", locale="CA", device_type="ios",
@@ -76,7 +77,7 @@ def test_snapshots_follow_the_events_in_order() -> None:
 
 
 def test_concurrent_batches_lose_no_counts() -> None:
-    agg = Aggregates()
+    agg = LockedAggregates()  # the runtime's shared wrapper: Aggregates itself has no lock
 
     def work(t: int) -> None:
         for b in range(50):
@@ -87,8 +88,10 @@ def test_concurrent_batches_lose_no_counts() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert agg.by_version.counts["2.3.0"] == 4 * 50 * 100
+    assert agg.aggregates.by_version.counts["2.3.0"] == 4 * 50 * 100
     assert agg.users_by_device.count("d7") == 32  # saturated at the per-key cap
+    assert agg.counts()["events"] == agg.summary()["events"] == 4 * 50 * 100
+    assert agg.tracked_users() == len(agg.ips_by_user) == 4 * 50 * 100
 
 
 def test_newest_major_follows_the_versions_seen_so_far() -> None:

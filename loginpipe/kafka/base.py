@@ -1,0 +1,133 @@
+"""What the runtime asks of a Kafka client, and nothing more: the seam between the pipeline and
+kafka-python (``kafka_python.py``), or the in-memory stand-in its unit tests run on (``memory.py``).
+
+Records come back from ``poll`` as the client has them: anything with ``topic``, ``partition``,
+``offset``, ``timestamp`` (ms), ``key`` and ``value`` will do (the core's ``RawRecord`` shape), so
+no per-record copy is made. Offsets cross the seam as plain ints, "the next offset to read".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+
+class TopicPartition(NamedTuple):
+    """Equal to (and hashed like) kafka-python's own TopicPartition, which is a namedtuple too."""
+
+    topic: str
+    partition: int
+
+
+class ClientError(Exception):
+    """A client call failed (broker away, a timeout, a refused request): the runtime carries on."""
+
+
+class NotQueued(ClientError):
+    """The producer refused a record before queueing it (no metadata, closed, stopping): send it
+    again; the producer itself is not broken."""
+
+
+class CommitRejected(ClientError):
+    """The group moved on: this member no longer owns the partitions it tried to commit."""
+
+
+class Delivery(Protocol):
+    """One sent record's outcome; kafka-python's futures have this shape."""
+
+    is_done: bool
+    exception: BaseException | None
+
+    def succeeded(self) -> bool: ...
+
+    def failed(self) -> bool: ...
+
+
+class Failed:
+    """A delivery that failed before it was queued."""
+
+    __slots__ = ("exception",)
+    is_done = True
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+
+    def succeeded(self) -> bool:
+        return False
+
+    def failed(self) -> bool:
+        return True
+
+
+class RebalanceListener(Protocol):
+    """The runtime's side of a rebalance; the client calls it from whichever thread it uses."""
+
+    def assigned(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def revoking(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Partitions are about to go: deliver what is in flight; return the offsets to commit."""
+        ...
+
+    def handed_over(self, offsets: dict[TopicPartition, int], error: ClientError | None) -> None:
+        """The offsets ``revoking`` returned were committed (``error`` None) or not."""
+        ...
+
+
+class Consumer(Protocol):
+    def subscribe(self, topic: str, listener: RebalanceListener) -> None: ...
+
+    def warm_up(self, topic: str) -> None:
+        """Fetch the topic's metadata before joining (spares an empty first assignment)."""
+        ...
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[Any, Sequence[Any]]: ...
+
+    def commit(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None: ...
+
+    def assignment(self) -> set: ...
+
+    def pause(self, partitions: Sequence) -> None: ...
+
+    def resume(self, partitions: Sequence) -> None: ...
+
+    def paused(self) -> set: ...
+
+    def highwater(self, tp) -> int | None: ...
+
+    def position(self, tp, timeout_ms: int) -> int | None: ...
+
+    def membership(self) -> str:
+        """Where the member is in joining its group, in a few words (for a stuck-worker warning)."""
+        ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+class Producer(Protocol):
+    def send_batch(self, records: Sequence[Any]) -> list[Delivery]:
+        """Queue each record (``topic``, ``key``, ``value``, ``headers``, ``partition``); a record
+        that cannot even be queued, and every one after it, gets a ``Failed(NotQueued)``. One call
+        a batch: the per-record loop stays inside the client's module."""
+        ...
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for what is queued; ClientError when ``timeout_s`` passes first."""
+        ...
+
+    def close(self, timeout_s: float) -> None:
+        """Within about ``timeout_s`` (0: at once, failing what is left); never raises or hangs."""
+        ...
+
+
+class Backend(Protocol):
+    """Makes the clients: one consumer per worker, one shared producer, admin look-ups."""
+
+    def consumer(self, config, index: int) -> Consumer: ...
+
+    def producer(self, config) -> Producer: ...
+
+    def topic_partitions(self, bootstrap_servers: str, names: Sequence[str]) -> dict[str, int]:
+        """Partition counts of the topics that exist; UserError when no broker answers."""
+        ...
+
+    def reachable(self, bootstrap_servers: str) -> bool: ...

@@ -1,0 +1,211 @@
+"""The kafka-python backend: the measured client settings, and kafka-python's ways (async rebalance
+listeners on its IO thread, futures, a close that raises) turned into the seam's (``base.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from loginpipe.kafka.admin import describe_partitions
+from loginpipe.kafka.base import (
+    ClientError,
+    CommitRejected,
+    Failed,
+    NotQueued,
+    RebalanceListener,
+    TopicPartition,
+)
+from loginpipe.waiting import any_reachable
+
+FORCE_CLOSE_JOIN_S = 5.0  # a force-closed I/O thread ends within milliseconds; never wait longer
+
+
+class KafkaPythonBackend:
+    """Clients with the settings chosen by measurement (README, Performance)."""
+
+    def consumer(self, config, index: int) -> KafkaPythonConsumer:
+        instance = config.group_instance_id
+        try:
+            return KafkaPythonConsumer(KafkaConsumer(
+                bootstrap_servers=config.bootstrap_servers,
+                group_id=config.group_id,
+                group_instance_id=f"{instance}-{index}" if instance else None,
+                client_id=f"loginpipe-worker-{index}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=config.max_poll_records,
+                fetch_max_wait_ms=100,
+                max_partition_fetch_bytes=2 * 1024 * 1024,
+                # Short, so a killed member's partitions move to the survivors within seconds.
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=1_000,  # a rebalance is noticed at the next heartbeat
+                reconnect_backoff_max_ms=2_000,
+                bootstrap_timeout_ms=10_000,
+            ))
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
+    def producer(self, config) -> KafkaPythonProducer:
+        try:
+            return KafkaPythonProducer(KafkaProducer(
+                bootstrap_servers=config.bootstrap_servers,
+                client_id="loginpipe-pipeline",
+                acks="all",
+                enable_idempotence=True,
+                compression_type="snappy",
+                linger_ms=config.linger_ms,
+                batch_size=config.batch_size,
+                delivery_timeout_ms=config.delivery_timeout_ms,
+                request_timeout_ms=min(10_000, config.delivery_timeout_ms // 2),
+                # A send() that cannot queue (no metadata while the broker is away) gives up this
+                # soon, so a worker is never stuck longer than this in a client call.
+                max_block_ms=5_000,
+                reconnect_backoff_max_ms=2_000,
+                bootstrap_timeout_ms=10_000,
+            ))
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
+    def topic_partitions(self, bootstrap_servers: str, names: Sequence[str]) -> dict[str, int]:
+        return describe_partitions(bootstrap_servers, list(names))
+
+    def reachable(self, bootstrap_servers: str) -> bool:
+        return any_reachable(bootstrap_servers)
+
+
+def _kafka_tps(partitions) -> list[KafkaTopicPartition]:
+    return [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
+
+
+class KafkaPythonConsumer:
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    def subscribe(self, topic: str, listener: RebalanceListener) -> None:
+        consumer = self._consumer
+
+        class Rebalance(AsyncConsumerRebalanceListener):
+            # kafka-python 3 runs these on the consumer's IO thread, where a blocking commit is
+            # refused: hence the async listener and an awaited commit_async. Waiting for the
+            # producer's acknowledgements is fine here: they arrive on the producer's own thread.
+            async def on_partitions_revoked(self, revoked):
+                offsets = listener.revoking([TopicPartition(*tp) for tp in revoked])
+                error = None
+                if offsets:
+                    try:
+                        await consumer.commit_async(_offsets(offsets))
+                    except KafkaError as exc:
+                        error = ClientError(repr(exc))
+                listener.handed_over(offsets, error)
+
+            async def on_partitions_assigned(self, assigned):
+                listener.assigned([TopicPartition(*tp) for tp in assigned])
+
+        consumer.subscribe([topic], listener=Rebalance())
+
+    def warm_up(self, topic: str) -> None:
+        try:
+            self._consumer.partitions_for_topic(topic)
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict:
+        try:
+            return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:  # e.g. the broker went away mid-request
+            raise ClientError(str(exc)) from exc
+
+    def commit(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
+        try:
+            self._consumer.commit(_offsets(offsets), timeout_ms=int(timeout_s * 1000))
+        except CommitFailedError as exc:
+            raise CommitRejected(repr(exc)) from exc
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
+    def assignment(self) -> set:
+        return self._consumer.assignment()
+
+    def pause(self, partitions) -> None:
+        self._consumer.pause(*_kafka_tps(partitions))
+
+    def resume(self, partitions) -> None:
+        self._consumer.resume(*_kafka_tps(partitions))
+
+    def paused(self) -> set:
+        return self._consumer.paused()
+
+    def highwater(self, tp) -> int | None:
+        return self._consumer.highwater(tp)
+
+    def position(self, tp, timeout_ms: int) -> int | None:
+        try:
+            return self._consumer.position(tp, timeout_ms=timeout_ms)
+        except KafkaError:  # it may need the broker, which may be away: unknown for now
+            return None
+
+    def membership(self) -> str:
+        # kafka-python keeps this on its (private) coordinator; read defensively, for a warning only.
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None:
+            return "state unknown"
+        if coordinator.coordinator_unknown():
+            return "no group coordinator found yet"
+        return f"coordinator found, member {str(getattr(coordinator, 'state', '?')).lower()}"
+
+    def close(self, timeout_s: float) -> None:
+        with contextlib.suppress(KafkaError):
+            self._consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+
+
+def _offsets(offsets: dict[TopicPartition, int]) -> dict:
+    return {KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
+            for tp, offset in offsets.items()}
+
+
+class KafkaPythonProducer:
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+
+    def send_batch(self, records: Sequence) -> list:
+        """Queue every record; return their futures, in order. A record that cannot even be queued
+        (no metadata or a full buffer for max_block_ms; a closed producer) gets a failed delivery,
+        and so do the rest of the batch: the caller sends them again."""
+        send = self._producer.send
+        futures = []
+        try:
+            for r in records:  # the hot loop: one call per record, nothing else
+                futures.append(send(r.topic, value=r.value, key=r.key, headers=r.headers,
+                                    partition=r.partition))
+        except KafkaError as exc:
+            failed = Failed(NotQueued(repr(exc)))
+            futures.extend(failed for _ in range(len(records) - len(futures)))
+        return futures
+
+    def flush(self, timeout_s: float) -> None:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
+    def close(self, timeout_s: float) -> None:
+        producer = self._producer
+        if timeout_s > 0:
+            try:
+                producer.close(timeout=timeout_s)
+                return
+            except KafkaError:
+                pass
+        # kafka-python's close() flushes first and raises when that flush times out, before it
+        # stops its I/O thread (close() without a timeout hangs): stop the thread first, then close.
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(FORCE_CLOSE_JOIN_S)
+        with contextlib.suppress(KafkaError):
+            producer.close(timeout=0)

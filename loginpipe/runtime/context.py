@@ -1,0 +1,78 @@
+"""What every worker shares, handed to it once: no worker holds the Application itself.
+
+The Application builds one ``Context``; workers read their settings, clients and sinks from it
+and report through its callbacks. The Application reads the workers' public state (assignment,
+pending outputs) to supervise them; nothing points back the other way.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from loginpipe.config import PipelineConfig
+from loginpipe.core.batch import Topology
+from loginpipe.kafka.base import Backend
+from loginpipe.observe.prometheus import Exporter
+from loginpipe.observe.stats import Stats
+from loginpipe.runtime.delivery import Sender
+from loginpipe.runtime.shared import LockedAggregates
+
+
+class Warner:
+    """Prints warnings to stderr, each distinct message at most once every ``every_s`` seconds."""
+
+    def __init__(self, out: TextIO | None = None, every_s: float = 5.0) -> None:
+        self.out = out or sys.stderr
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+
+    def __call__(self, message: str) -> None:
+        key = message[:40]
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self.every_s:
+            self._last[key] = now
+            print(f"warning: {message}", file=self.out, flush=True)
+
+
+class Shutdown:
+    """The stop signal and its deadline: once begun, everything left must be done by ``deadline``."""
+
+    def __init__(self, timeout_s: float, on_begin: Callable[[float], None] = lambda deadline: None) -> None:
+        self.timeout_s = timeout_s
+        self.event = threading.Event()
+        self._deadline: float | None = None
+        self._on_begin = on_begin
+
+    def begin(self) -> None:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.timeout_s
+            self._on_begin(self._deadline)
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def deadline(self) -> float:
+        """When a stop must be done: the real one once begun, else as if it began now."""
+        return self._deadline if self._deadline is not None else time.monotonic() + self.timeout_s
+
+
+@dataclass
+class Context:
+    config: PipelineConfig
+    backend: Backend
+    sender: Sender
+    state: LockedAggregates  # the aggregations, shared by the workers, locked once per batch
+    topology: Topology
+    stats: Stats
+    shutdown: Shutdown
+    warn: Callable[[str], None]
+    acknowledge: Callable[[object], None]  # a batch whose every output is acknowledged
+    fail: Callable[[str], None]  # a worker hit a bug: stop everything
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    exporter: Exporter | None = None
