@@ -27,7 +27,7 @@ from loginpipe.core.batch import Topology
 from loginpipe.core.filters import FilterRules
 from loginpipe.core.records import Routes
 from loginpipe.errors import UserError
-from loginpipe.kafka.base import Backend
+from loginpipe.kafka.base import Backend, ClientError
 from loginpipe.observe.prometheus import Exporter
 from loginpipe.observe.publish import Publisher
 from loginpipe.observe.stats import Stats, Totals, format_summary
@@ -87,7 +87,10 @@ class Application:
         self._check_topics()
         if self.config.metrics_port:
             self.exporter = self._make_exporter()  # first: a taken port fails before any client exists
-        self.sender = Sender(lambda: self.backend.producer(self.config), self.warn)
+        try:
+            self.sender = Sender(lambda: self.backend.producer(self.config), self.warn)
+        except ClientError as exc:  # the broker went away since the topic check
+            raise UserError(f"cannot start a producer at {self.config.bootstrap_servers}: {exc}") from None
         self.publisher = Publisher(self.config, self.state, self.stats, self.sender, self.warn)
         if install_signals:
             signal.signal(signal.SIGINT, self._on_signal)

@@ -176,6 +176,20 @@ def everything_in(bootstrap: str, topic: str, at_least: int) -> bytes:
     return b"\n".join(parts)
 
 
+def everything_written(bootstrap: str, topics, counts: tuple[int, int, int], out: Path, err: Path) -> bytes:
+    """Every output topic of a run (``counts``: processed, filtered, dead-lettered) and the
+    consumer's stdout and stderr, as one blob to search (test_privacy_fuzz uses it too)."""
+    processed, filtered, dead = counts
+    return b"\n".join([
+        everything_in(bootstrap, topics.output, processed),
+        everything_in(bootstrap, topics.dlq, dead),
+        everything_in(bootstrap, topics.filtered, filtered),
+        everything_in(bootstrap, topics.summary, 1),
+        everything_in(bootstrap, topics.metrics, 1),
+        out.read_bytes(), err.read_bytes(),
+    ])
+
+
 def test_privacy_mode_leaks_no_raw_ip_or_device_id(bootstrap: str, topic_name, tmp_path: Path,
                                                    reaper) -> None:
     topics = create_pipeline_topics(bootstrap, topic_name)
@@ -193,14 +207,7 @@ def test_privacy_mode_leaks_no_raw_ip_or_device_id(bootstrap: str, topic_name, t
     consumed, processed, filtered, dead = summary_counts(out.read_text())
     assert consumed == len(records) and dead > 400 and filtered > 100
 
-    blob = b"\n".join([
-        everything_in(bootstrap, topics.output, processed),
-        everything_in(bootstrap, topics.dlq, dead),
-        everything_in(bootstrap, topics.filtered, filtered),
-        everything_in(bootstrap, topics.summary, 1),
-        everything_in(bootstrap, topics.metrics, 1),
-        out.read_bytes(), err.read_bytes(),
-    ])
+    blob = everything_written(bootstrap, topics, (processed, filtered, dead), out, err)
     secrets = raw_values(r.value for r in records)
     assert {"2606:4700:4700::1111", "device-secret-42", "203.0.113.77"} <= secrets and len(secrets) > 1000
     assert [s for s in secrets if s.encode() in blob] == []

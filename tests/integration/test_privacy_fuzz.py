@@ -27,7 +27,7 @@ from tests.helpers import (
     start_consumer,
     summary_counts,
 )
-from tests.integration.test_enrichment import everything_in, group
+from tests.integration.test_enrichment import everything_written, group
 from tests.unit.test_privacy import raw_values
 
 pytestmark = pytest.mark.integration
@@ -112,14 +112,7 @@ def test_no_shape_of_input_leaks_and_dead_letters_decrypt_back(bootstrap: str, t
     consumed, processed, filtered, dead = summary_counts(out.read_text())
     assert consumed == len(records) and dead > 1700 and filtered > 100 and processed > 1000
 
-    blob = b"\n".join([
-        everything_in(bootstrap, topics.output, processed),
-        everything_in(bootstrap, topics.dlq, dead),
-        everything_in(bootstrap, topics.filtered, filtered),
-        everything_in(bootstrap, topics.summary, 1),
-        everything_in(bootstrap, topics.metrics, 1),
-        out.read_bytes(), err.read_bytes(),
-    ])
+    blob = everything_written(bootstrap, topics, (processed, filtered, dead), out, err)
     assert len(personal) > 4000
     assert sorted(s for s in personal if s.encode() in blob) == []
 

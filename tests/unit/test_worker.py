@@ -13,6 +13,7 @@ import pytest
 
 from loginpipe.config import PipelineConfig
 from loginpipe.core.records import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
+from loginpipe.errors import UserError
 from loginpipe.kafka.base import ClientError
 from loginpipe.kafka.memory import MemoryBackend, MemoryCluster
 from loginpipe.local.generator import EventGenerator
@@ -192,3 +193,12 @@ def test_a_worker_that_never_gets_partitions_says_so(cluster) -> None:
     assert "no group coordinator found yet" in run.err.getvalue()
     cluster.assigning = True
     run.stop()
+
+
+def test_a_producer_that_cannot_start_is_a_one_line_user_error(cluster) -> None:
+    backend = MemoryBackend(cluster)
+    backend.fail_producer_creation = True
+    config = PipelineConfig(bootstrap_servers="memory", quiet=True, summary_topic=None, metrics_topic=None)
+    app = Application(config, out=io.StringIO(), err=io.StringIO(), backend=backend)
+    with pytest.raises(UserError, match="cannot start a producer at memory"):
+        app.run(install_signals=False)
