@@ -266,6 +266,10 @@ def tune_gc() -> None:
     """Collect cycles less often, for the whole process (so the entry points call it, not
     Application): the default, every 700 container allocations, cost ~30% of the pipeline's CPU
     in the benchmark, and the pipeline makes few cycles (README, Performance)."""
+    # The client library is loaded lazily (the Application takes any backend); load the default
+    # one before the freeze, so its many module-level objects are frozen too.
+    import loginpipe.kafka.kafka_python  # noqa: F401
+
     gc.freeze()  # what exists at start-up (modules, clients) is never garbage: skip it from now on
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
 
