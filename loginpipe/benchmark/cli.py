@@ -7,19 +7,11 @@ import os
 import signal
 import sys
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 from loginpipe.benchmark.children import CHILD_COMMANDS, run_child_command
-from loginpipe.benchmark.common import (
-    bootstrap_servers,
-    int_list,
-    interrupt,
-    make_log_dir,
-    positive_float,
-    say,
-)
+from loginpipe.benchmark.common import add_run_arguments, bootstrap_servers, int_list, interrupt, new_run, say
 from loginpipe.benchmark.compare import run_compare
 from loginpipe.benchmark.report import add_ratios, describe_machine, markdown, write_outputs
 from loginpipe.benchmark.steps import (
@@ -32,12 +24,9 @@ from loginpipe.benchmark.steps import (
     step_pipeline,
     step_preload,
 )
-from loginpipe.cli import EnvArgumentParser, positive_int
+from loginpipe.cli import EnvArgumentParser, positive_float, positive_int
 from loginpipe.config import PipelineConfig
-from loginpipe.local.broker import PROJECT_ROOT
 from loginpipe.topics import TopicSpec
-
-DEFAULT_OUT_DIR = PROJECT_ROOT / "bench-results"
 
 
 def build_parser() -> EnvArgumentParser:
@@ -48,12 +37,8 @@ def build_parser() -> EnvArgumentParser:
                     "pass-through; end-to-end latency; memory per user. Results in bench-results/.",
         epilog="python -m loginpipe.benchmark compare BEFORE [AFTER] compares the drain throughput of two "
                "versions of the code instead (see its --help).")
-    parser.add_env_argument("--bootstrap-servers", env="BOOTSTRAP_SERVERS", default=None,
-                            help="use this broker; when unset, the local broker is started (127.0.0.1:29092)")
-    parser.add_env_argument("--events", env="BENCH_EVENTS", type=positive_int, default=1_000_000,
-                            help="events to preload and consume in each throughput run")
-    parser.add_env_argument("--partitions", env="BENCH_PARTITIONS", type=positive_int, default=4,
-                            help="partitions of the benchmark topics")
+    add_run_arguments(parser, events_help="events to preload and consume in each throughput run",
+                      partitions_help="partitions of the benchmark topics")
     parser.add_env_argument("--threads-list", env="BENCH_THREADS_LIST", type=int_list, default=[1, 2],
                             help="pipeline --threads values to run, comma-separated")
     parser.add_env_argument("--latency-rate", env="BENCH_LATENCY_RATE", type=positive_float, default=5000.0,
@@ -71,9 +56,6 @@ def build_parser() -> EnvArgumentParser:
                             help="distinct users at which to measure memory, comma-separated")
     parser.add_argument("--with-confluent", action="store_true",
                         help="also run the pass-through with confluent-kafka, if it imports")
-    parser.add_env_argument("--out-dir", env="BENCH_OUT_DIR", default=str(DEFAULT_OUT_DIR),
-                            help="where results (and child process logs) go")
-    parser.add_env_argument("--seed", env="BENCH_SEED", type=int, default=7, help="generator seed")
     return parser
 
 
@@ -129,9 +111,7 @@ def _finish(report: dict, started: float, out_dir: Path) -> int:
 def run_benchmark(args) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     started = time.monotonic()
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    out_dir = Path(args.out_dir)
-    log_dir = make_log_dir(out_dir, run_id)
+    run_id, log_dir = new_run(args.out_dir)
     say(f"benchmark {run_id}: {args.events:,} events, {args.partitions} partitions, pipeline threads "
         f"{','.join(map(str, args.threads_list))}; logs in {log_dir}")
     bootstrap = bootstrap_servers(args.bootstrap_servers)
@@ -144,7 +124,7 @@ def run_benchmark(args) -> int:
         if bench.topics or bench.groups:
             say("cleaning up: deleting the benchmark's topics and consumer groups")
         bench.cleanup()
-    return _finish(report, started, out_dir)
+    return _finish(report, started, Path(args.out_dir))
 
 
 def build_compare_parser() -> EnvArgumentParser:
@@ -158,17 +138,10 @@ def build_compare_parser() -> EnvArgumentParser:
     parser.add_argument("after", metavar="AFTER", nargs="?", default=None,
                         help="git ref of the version to compare; when left out, the working tree as it is "
                              "on disk, uncommitted changes included")
-    parser.add_env_argument("--bootstrap-servers", env="BOOTSTRAP_SERVERS", default=None,
-                            help="use this broker; when unset, the local broker is started (127.0.0.1:29092)")
-    parser.add_env_argument("--events", env="BENCH_EVENTS", type=positive_int, default=1_000_000,
-                            help="events to preload and drain in each run")
+    add_run_arguments(parser, events_help="events to preload and drain in each run",
+                      partitions_help="partitions of the input, output and dead-letter topics")
     parser.add_env_argument("--rounds", env="BENCH_ROUNDS", type=positive_int, default=3,
                             help="rounds; each drains the input once with each version")
-    parser.add_env_argument("--partitions", env="BENCH_PARTITIONS", type=positive_int, default=4,
-                            help="partitions of the input, output and dead-letter topics")
-    parser.add_env_argument("--out-dir", env="BENCH_OUT_DIR", default=str(DEFAULT_OUT_DIR),
-                            help="where results (and child process logs) go")
-    parser.add_env_argument("--seed", env="BENCH_SEED", type=int, default=7, help="generator seed")
     return parser
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from pathlib import Path
 
-from loginpipe.cli import positive_int
+from loginpipe.cli import EnvArgumentParser, positive_int
 from loginpipe.errors import UserError
+from loginpipe.local.broker import PROJECT_ROOT
 
 RESULT_PREFIX = "BENCH-RESULT "
 MB = 1_000_000
+DEFAULT_OUT_DIR = PROJECT_ROOT / "bench-results"
 
 
 def say(text: str) -> None:
@@ -34,14 +38,22 @@ def int_list(text: str) -> list[int]:
 int_list.__name__ = "comma-separated list of positive integers"
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError(text)
-    return value
+def add_run_arguments(parser: EnvArgumentParser, events_help: str, partitions_help: str) -> None:
+    """The flags every benchmark command has: broker, size, results folder, seed."""
+    add = parser.add_env_argument
+    add("--bootstrap-servers", env="BOOTSTRAP_SERVERS", default=None,
+        help="use this broker; when unset, the local broker is started (127.0.0.1:29092)")
+    add("--events", env="BENCH_EVENTS", type=positive_int, default=1_000_000, help=events_help)
+    add("--partitions", env="BENCH_PARTITIONS", type=positive_int, default=4, help=partitions_help)
+    add("--out-dir", env="BENCH_OUT_DIR", default=str(DEFAULT_OUT_DIR),
+        help="where results (and child process logs) go")
+    add("--seed", env="BENCH_SEED", type=int, default=7, help="generator seed")
 
 
-positive_float.__name__ = "positive number"
+def new_run(out_dir: str) -> tuple[str, Path]:
+    """A run id (time and a random suffix) and its log folder, made now."""
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    return run_id, make_log_dir(Path(out_dir), run_id)
 
 
 def make_log_dir(out_dir: Path, run_id: str) -> Path:

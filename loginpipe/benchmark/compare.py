@@ -21,11 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loginpipe.benchmark.common import bootstrap_servers, interrupt, make_log_dir, say
+from loginpipe.benchmark.common import bootstrap_servers, interrupt, new_run, say
 from loginpipe.benchmark.process import Child, child_env
 from loginpipe.benchmark.report import compare_markdown, describe_machine
 from loginpipe.benchmark.steps import (
@@ -227,9 +226,7 @@ def run_compare(args) -> int:
     for ref in (args.before, args.after):
         if ref is not None:
             resolve_commit(ref)  # a typo in a ref fails before anything starts
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    out_dir = Path(args.out_dir)
-    log_dir = make_log_dir(out_dir, run_id)
+    run_id, log_dir = new_run(args.out_dir)
     say(f"compare {run_id}: {args.events:,} events, {args.rounds} round(s), {args.partitions} partitions; "
         f"logs in {log_dir}")
     bootstrap = bootstrap_servers(args.bootstrap_servers)
@@ -253,6 +250,7 @@ def run_compare(args) -> int:
         "duration_s": round(time.monotonic() - started, 1),
     }
     text = compare_markdown(report)
+    out_dir = Path(args.out_dir)
     paths = [out_dir / f"compare-{run_id}.json", out_dir / f"compare-{run_id}.md"]
     paths[0].write_text(json.dumps(report, indent=2, default=str) + "\n")
     paths[1].write_text(text)
