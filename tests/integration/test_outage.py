@@ -186,8 +186,10 @@ def test_sigterm_during_an_outage_is_bounded_and_says_what_stays_unacknowledged(
         broker, topic_name, tmp_path: Path, reaper) -> None:
     bootstrap = broker.bootstrap_servers
     topics = create_pipeline_topics(bootstrap, topic_name, partitions=1)
+    # A long linger keeps the outputs unacknowledged for a while, so the kill finds some in flight.
     proc, out, err = start_consumer(reaper, bootstrap, topics, group(), tmp_path, "term",
-                                    "--shutdown-timeout", "4", "--stats-every", "500")
+                                    "--shutdown-timeout", "4", "--stats-every", "500",
+                                    "--linger-ms", "15000", "--delivery-timeout-ms", "60000")
     feeder = Feeder(bootstrap, topics.input, seed=42, rate=3000)
     try:
         assert wait_until(lambda: "[stats]" in out.read_text(), 60), err.read_text()
