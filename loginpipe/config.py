@@ -23,9 +23,10 @@ from loginpipe.cli import (
 )
 from loginpipe.core.events import MAX_FUTURE_SKEW_S
 from loginpipe.core.privacy import MIN_SECRET_BYTES, SECRET_ENV, Privacy
-from loginpipe.core.state import DEFAULT_MAX_TRACKED_KEYS
 from loginpipe.errors import UserError
+from loginpipe.state.stores import DEFAULT_MAX_TRACKED_KEYS
 from loginpipe.topics import (
+    DEFAULT_GROUP,
     DLQ_TOPIC,
     FILTERED_TOPIC,
     INPUT_TOPIC,
@@ -43,8 +44,9 @@ class PipelineConfig:
     input_topic: str = INPUT_TOPIC
     output_topic: str = OUTPUT_TOPIC
     dlq_topic: str = DLQ_TOPIC
-    group_id: str = "user-login-group"
+    group_id: str = DEFAULT_GROUP
     threads: int = 1  # fastest on this machine: see README "Threads and processes"
+    processes: int = 1  # > 1: this command starts that many processes in the group
     stats_every: int = 100
     stats_interval_s: float = 0.0
     show_messages: bool = False
@@ -91,6 +93,9 @@ def build_pipeline_parser() -> EnvArgumentParser:
     add("--group-id", env="GROUP_ID", default=defaults.group_id, help="consumer group")
     add("--threads", env="THREADS", type=positive_int, default=defaults.threads,
         help="worker threads, each with its own consumer in the group")
+    add("--processes", env="PROCESSES", type=positive_int, default=defaults.processes,
+        help="processes in the group, each with its threads (Python threads share one core; "
+             "processes add cores); Ctrl+C stops them all, and the group's summary is printed")
     add("--stats-every", env="STATS_EVERY", type=positive_int, default=defaults.stats_every,
         help="print a stats line every N messages")
     add("--stats-interval", env="STATS_INTERVAL", type=non_negative_float, default=defaults.stats_interval_s,
@@ -110,7 +115,9 @@ def build_pipeline_parser() -> EnvArgumentParser:
     add("--batch-size", env="BATCH_SIZE", type=positive_int, default=defaults.batch_size,
         help="producer batch size in bytes")
     add("--max-tracked-keys", env="MAX_TRACKED_KEYS", type=positive_int,
-        default=defaults.max_tracked_keys, help="users (and devices) remembered for distinct counts")
+        default=defaults.max_tracked_keys,
+        help="users (and devices) remembered for distinct counts, across all partitions (each "
+             "partition keeps its share; the least recently seen are forgotten first)")
     add("--delivery-timeout-ms", env="DELIVERY_TIMEOUT_MS", type=positive_int,
         default=defaults.delivery_timeout_ms,
         help="an output not acknowledged this long fails; the producer is replaced and it is sent again")
@@ -159,7 +166,8 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
     return PipelineConfig(
         bootstrap_servers=args.bootstrap_servers, input_topic=args.input_topic,
         output_topic=args.output_topic, dlq_topic=args.dlq_topic, group_id=args.group_id,
-        threads=args.threads, stats_every=args.stats_every, stats_interval_s=args.stats_interval,
+        threads=args.threads, processes=args.processes, stats_every=args.stats_every,
+        stats_interval_s=args.stats_interval,
         show_messages=bool(args.show_messages), stop_when_idle_s=args.stop_when_idle,
         max_poll_records=args.max_poll_records, commit_every_records=args.commit_every,
         commit_interval_ms=args.commit_interval_ms, linger_ms=args.linger_ms,

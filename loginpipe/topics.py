@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,8 @@ FILTERED_TOPIC = "user-login-filtered"
 SUMMARY_TOPIC = "user-login-summary"
 METRICS_TOPIC = "pipeline-metrics"
 DEFAULT_PARTITIONS = 4
+DEFAULT_GROUP = "user-login-group"
+REPARTITION_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     # Compacted: only the latest snapshot per pipeline instance matters. Segments roll every
     # 10 minutes so compaction keeps up (the active segment is never compacted); instances
     # silent for a week are deleted. One partition keeps every snapshot in order for a reader.
-    TopicSpec(SUMMARY_TOPIC, "aggregation snapshots, keyed by pipeline instance (latest wins)",
+    TopicSpec(SUMMARY_TOPIC, "aggregation snapshots keyed by pipeline instance, and each partition's "
+              "state keyed by partition (latest wins)",
               partitions=1, configs={"cleanup.policy": "compact,delete", "segment.ms": "600000",
                                      "min.cleanable.dirty.ratio": "0.1", "min.compaction.lag.ms": "60000",
                                      "retention.ms": str(7 * 24 * 3600 * 1000)}),
@@ -47,13 +52,56 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class InternalTopics:
+    """The topics a consumer group keeps for itself, named from the group id so that two
+    pipelines never share one; created by the consumer at start (and by this script for the
+    default group) with the input's partition count."""
+
+    changelog: str  # a LoginState per input partition (compacted)
+    device_changelog: str  # a DeviceState per repartition partition (compacted)
+    repartition: str  # counted logins keyed by device_id, read by the device step
+
+    @classmethod
+    def of(cls, group_id: str) -> InternalTopics:
+        prefix = _topic_safe(group_id)
+        return cls(f"{prefix}-aggregates-changelog", f"{prefix}-devices-changelog",
+                   f"{prefix}-by-device-repartition")
+
+    def specs(self) -> tuple[TopicSpec, ...]:
+        compacted = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+                     "segment.ms": str(3600 * 1000)}
+        return (
+            TopicSpec(self.changelog, "the login step's state (counts, IPs per user), per input partition",
+                      configs=compacted),
+            TopicSpec(self.device_changelog, "the device step's state (users per device)",
+                      configs=compacted),
+            # Read within seconds normally; kept a week so that a pipeline stopped for days loses
+            # nothing it had not yet read (README, State).
+            TopicSpec(self.repartition, "counted logins keyed by device_id, for the device step",
+                      configs={"retention.ms": str(REPARTITION_RETENTION_MS),
+                               "compression.type": "producer"}),
+        )
+
+
+def _topic_safe(group_id: str) -> str:
+    """A group id as a topic-name prefix: legal characters only; when some had to be replaced, a
+    short digest of the original keeps two such groups apart."""
+    safe = re.sub(r"[^a-zA-Z0-9._-]", "_", group_id)[:180]
+    if safe != group_id:
+        safe += "-" + hashlib.sha256(group_id.encode()).hexdigest()[:8]
+    return safe
+
+
 def build_parser() -> EnvArgumentParser:
     # Imported here: the core imports this module for the topic names, and needs no CLI.
     from loginpipe.cli import EnvArgumentParser, add_bootstrap_argument, positive_int
 
     names = ", ".join(spec.name for spec in TOPICS)
-    parser = EnvArgumentParser(prog="create_kafka_topic.py",
-                               description=f"Create every topic the pipeline uses: {names}.")
+    parser = EnvArgumentParser(
+        prog="create_kafka_topic.py",
+        description=f"Create every topic the pipeline uses: {names}, and the default group's own "
+                    f"({DEFAULT_GROUP}-...; the consumer creates those itself for any group).")
     add_bootstrap_argument(parser)
     parser.add_env_argument("--partitions", env="PARTITIONS", type=positive_int,
                             default=DEFAULT_PARTITIONS, help="partitions per topic")
@@ -66,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from loginpipe.kafka.admin import ensure_topics
 
     args = build_parser().parse_args(argv)
-    results = ensure_topics(args.bootstrap_servers, TOPICS, args.partitions, args.replication_factor)
+    specs = TOPICS + InternalTopics.of(DEFAULT_GROUP).specs()
+    results = ensure_topics(args.bootstrap_servers, specs, args.partitions, args.replication_factor)
     for result in results:
         print(result.describe())
     return 0 if all(r.ok for r in results) else 2

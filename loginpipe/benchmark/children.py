@@ -1,4 +1,5 @@
-"""The internal subcommands, each a child process of a step: preload, consume-only, pass-through, memory."""
+"""The internal subcommands, each a child process of a step: preload, consume-only, pass-through,
+memory, changelog-lines and restore."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from loginpipe.cli import EnvArgumentParser, non_negative_float, positive_int
 from loginpipe.config import PipelineConfig, pipeline_config
 from loginpipe.errors import UserError
 
-CHILD_COMMANDS = ("preload", "consume-only", "pass-through", "memory")
+CHILD_COMMANDS = ("preload", "consume-only", "pass-through", "memory", "changelog-lines", "restore")
 POLL_TIMEOUT_MS = 200
 
 
@@ -148,7 +149,7 @@ def cmd_consume_only(args) -> int:
     times = _LoopTimes("consume-only", args)
     try:
         consumer.warm_up(args.topic)
-        consumer.subscribe(args.topic, _NoHandOver())
+        consumer.subscribe([args.topic], _NoHandOver())
         while times.count < args.count:
             polled = consumer.poll(POLL_TIMEOUT_MS, config.max_poll_records)
             if polled:
@@ -194,7 +195,7 @@ def _pass_through_kafka_python(args) -> int:
     times = _LoopTimes("pass-through", args)
     try:
         consumer.warm_up(args.topic)
-        consumer.subscribe(args.topic, _NoHandOver())
+        consumer.subscribe([args.topic], _NoHandOver())
         while times.count < args.count:
             polled = consumer.poll(POLL_TIMEOUT_MS, config.max_poll_records)
             if polled:
@@ -365,18 +366,29 @@ def synthetic_observations(count: int, rng) -> list[tuple[SimpleNamespace, str]]
     return batch
 
 
+def _own_copy(text: str) -> str:
+    """An equal string that is a separate object, as the device step holds a user id: it decodes
+    it from a repartition record, so it shares nothing with the login step's key."""
+    return text.encode().decode()
+
+
 def cmd_memory(args) -> int:
-    """Feed Aggregates with distinct users; RSS at each point of ``--points``."""
+    """Feed one partition's stores (a LoginState and a DeviceState, as one process owning every
+    partition holds them; ``--stores`` login or device: only that one) with distinct users; RSS at
+    each point of ``--points``."""
     import gc
     import random
 
     import psutil
 
-    from loginpipe.core.state import Aggregates
+    from loginpipe.state.changelog import device_changes, login_changes
+    from loginpipe.state.stores import DEFAULT_MAX_TRACKED_KEYS, DeviceState, LoginState, ProcessTotals
 
     process = psutil.Process()
     rng = random.Random(args.seed)
-    state = Aggregates(max_tracked_keys=args.max_tracked_keys) if args.max_tracked_keys else Aggregates()
+    max_keys = args.max_tracked_keys or DEFAULT_MAX_TRACKED_KEYS
+    logins, devices, totals = LoginState(0, max_keys), DeviceState(0, max_keys), ProcessTotals()
+    feed_logins, feed_devices = args.stores in ("both", "login"), args.stores in ("both", "device")
     gc.collect()
     points = [{"users": 0, "rss_bytes": process.memory_info().rss}]
     fed = 0
@@ -384,17 +396,144 @@ def cmd_memory(args) -> int:
     for target in args.points:
         while fed < target:
             n = min(20_000, target - fed)
-            state.apply(synthetic_observations(n, rng))
+            batch = [(fed + i, event, device_type)
+                     for i, (event, device_type) in enumerate(synthetic_observations(n, rng))]
+            if feed_logins:
+                logins.count(batch, totals)
+                login_changes(logins, "changelog")  # what the pipeline writes, then lets go of
+            if feed_devices:
+                devices.count([(offset, event.device_id, _own_copy(event.user_id))
+                               for offset, event, _ in batch])
+                device_changes(devices, "changelog")
+            del batch
             fed += n
         gc.collect()
         rss = process.memory_info().rss
-        points.append({"users": fed, "rss_bytes": rss, "tracked_users": len(state.ips_by_user),
-                       "tracked_devices": len(state.users_by_device)})
-        print(f"memory: {fed:,} users, RSS {rss / 2**20:,.0f} MiB, tracking {len(state.ips_by_user):,}",
+        points.append({"users": fed, "rss_bytes": rss, "tracked_users": len(logins.ips_by_user),
+                       "tracked_devices": len(devices.users_by_device)})
+        print(f"memory ({args.stores}): {fed:,} users, RSS {rss / 2**20:,.0f} MiB, tracking "
+              f"{len(logins.ips_by_user):,} users, {len(devices.users_by_device):,} devices",
               file=sys.stderr, flush=True)
-    emit_result({"max_tracked_keys": state.ips_by_user.max_keys, "points": points,
+    emit_result({"max_tracked_keys": logins.ips_by_user.max_keys, "stores": args.stores, "points": points,
                  "seconds": time.monotonic() - started})
     return 0
+
+
+# --- state: a synthetic changelog, and restores ------------------------------------------------
+
+def cmd_changelog_lines(args) -> int:
+    """The changelog records of ``--users`` distinct users (each with its own IP and device), made
+    by the pipeline's own code (its stores count them, its changelog code makes the records), as
+    ``key<TAB>value`` lines for Kafka's console producer: the aggregates changelog's to
+    ``--login-file``, the devices changelog's to ``--device-file``. The stores are uncapped, so
+    nothing is forgotten (no tombstones): one record per user and per device, plus the counts."""
+    import random
+
+    from loginpipe.state.changelog import device_changes, login_changes
+    from loginpipe.state.stores import DeviceState, LoginState, ProcessTotals
+
+    rng = random.Random(args.seed)
+    uncapped = 2 * args.users + 2
+    logins, devices, totals = LoginState(0, uncapped), DeviceState(0, uncapped), ProcessTotals()
+    written = 0
+    counted = {"login": [0, 0], "device": [0, 0]}  # records, key and value bytes
+    started = time.monotonic()
+    progress = _Progress("changelog-lines", args.users)
+    with open(args.login_file, "wb") as login_out, open(args.device_file, "wb") as device_out:
+        while written < args.users:
+            n = min(20_000, args.users - written)
+            batch = [(written + i, event, device_type)
+                     for i, (event, device_type) in enumerate(synthetic_observations(n, rng))]
+            logins.count(batch, totals)
+            devices.count([(offset, event.device_id, _own_copy(event.user_id)) for offset, event, _ in batch])
+            for name, out, records in (("login", login_out, login_changes(logins, "changelog")),
+                                       ("device", device_out, device_changes(devices, "changelog"))):
+                lines = [r.key + b"\t" + r.value for r in records if r.value is not None]
+                out.write(b"\n".join(lines) + b"\n")
+                counted[name][0] += len(lines)
+                counted[name][1] += sum(map(len, lines)) - len(lines)
+            written += n
+            progress(written)
+    emit_result({"users": args.users, "devices": len(devices.users_by_device),
+                 "login_records": counted["login"][0], "device_records": counted["device"][0],
+                 "records": counted["login"][0] + counted["device"][0],
+                 "key_value_bytes": counted["login"][1] + counted["device"][1],
+                 "seconds": time.monotonic() - started})
+    return 0
+
+
+def cmd_restore(args) -> int:
+    """Rebuild every partition's stores of ``--group`` from its changelogs, timed: ``--via
+    restorer`` as a worker does when partitions are assigned to it (state/restore.py's Restorer,
+    one worker owning every partition), ``--via query`` as ``python -m loginpipe.query`` does
+    (``read_group_state``)."""
+    import logging
+
+    from loginpipe.kafka.admin import describe_partitions
+    from loginpipe.state.stores import COUNTS
+    from loginpipe.topics import InternalTopics
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    topics = InternalTopics.of(args.group)
+    names = [topics.changelog, topics.device_changelog]
+    partitions = describe_partitions(args.bootstrap_servers, names)
+    if len(partitions) < 2:
+        raise UserError(f"group {args.group} has no changelogs to restore")
+    records = _records_in(args.bootstrap_servers, partitions)
+    started = time.monotonic()
+    if args.via == "query":
+        from loginpipe.query import read_group_state
+
+        logins, devices = read_group_state(args.bootstrap_servers, args.group)
+    else:
+        logins, devices = _restore_like_a_worker(args.bootstrap_servers, topics, partitions)
+    seconds = time.monotonic() - started
+    users = sum(len(s.ips_by_user) for s in logins)
+    devices_n = sum(len(s.users_by_device) for s in devices)
+    labels = sum(len(s.counts(name).counts) for s in logins for name in COUNTS)
+    emit_result({"via": args.via, "seconds": seconds, "records": records, "users": users,
+                 "devices": devices_n, "count_labels": labels, "keys": users + devices_n + labels,
+                 "events": sum(s.events for s in logins)})
+    return 0
+
+
+def _records_in(bootstrap: str, partitions: dict[str, int]) -> int:
+    """Records between the first and the end offsets of the topics (exact unless compacted)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for topic, n in partitions.items() for p in range(n)]
+        firsts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        return sum(ends[tp] - firsts[tp] for tp in tps)
+    finally:
+        consumer.close()
+
+
+def _restore_like_a_worker(bootstrap: str, topics, partitions: dict[str, int]) -> tuple[list, list]:
+    """The worker's restore (state/restore.py) of every partition at once, stepped until done."""
+    from loginpipe.kafka.base import TopicPartition
+    from loginpipe.kafka.kafka_python import KafkaPythonBackend
+    from loginpipe.runtime.context import Warner
+    from loginpipe.state.restore import Restorer
+    from loginpipe.state.stores import DeviceState, LoginState
+
+    backend = KafkaPythonBackend()
+    config = PipelineConfig(bootstrap_servers=bootstrap)
+    restorer = Restorer(lambda: backend.reader(config), Warner())
+    logins = [LoginState(p) for p in range(partitions[topics.changelog])]
+    devices = [DeviceState(p) for p in range(partitions[topics.device_changelog])]
+    for topic, owner, states in ((topics.changelog, "input", logins),
+                                 (topics.device_changelog, topics.repartition, devices)):
+        for state in states:
+            partition = state.partition
+            restorer.add(TopicPartition(topic, partition), TopicPartition(owner, partition), state)
+    try:
+        while restorer.active:
+            restorer.step(100)
+    finally:
+        restorer.close()
+    return logins, devices
 
 
 # --- dispatch --------------------------------------------------------------------------------
@@ -404,10 +543,22 @@ def build_child_parser(command: str) -> EnvArgumentParser:
                                description=f"internal step of the benchmark: {command}")
     if command == "memory":
         parser.add_argument("--points", type=int_list, required=True, help="distinct users to measure at")
-        parser.add_argument("--max-tracked-keys", type=int, default=0, help="0: the Aggregates default")
+        parser.add_argument("--max-tracked-keys", type=int, default=0, help="0: the default")
+        parser.add_argument("--stores", choices=["both", "login", "device"], default="both",
+                            help="the stores to feed")
         parser.add_argument("--seed", type=int, default=7)
         return parser
+    if command == "changelog-lines":
+        parser.add_argument("--users", type=positive_int, required=True)
+        parser.add_argument("--login-file", required=True)
+        parser.add_argument("--device-file", required=True)
+        parser.add_argument("--seed", type=int, default=11)
+        return parser
     parser.add_argument("--bootstrap-servers", required=True)
+    if command == "restore":
+        parser.add_argument("--group", required=True, help="the group whose changelogs to read")
+        parser.add_argument("--via", choices=["restorer", "query"], default="restorer")
+        return parser
     parser.add_argument("--topic", required=True)
     parser.add_argument("--count", type=positive_int, required=True)
     if command == "preload":
@@ -429,5 +580,6 @@ def run_child_command(argv: list[str]) -> int:
     handler: dict[str, Callable[[Any], int]] = {
         "preload": cmd_preload, "consume-only": cmd_consume_only,
         "pass-through": cmd_pass_through, "memory": cmd_memory,
+        "changelog-lines": cmd_changelog_lines, "restore": cmd_restore,
     }
     return handler[command](args)

@@ -11,7 +11,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from loginpipe.benchmark.children import CHILD_COMMANDS, run_child_command
-from loginpipe.benchmark.common import add_run_arguments, bootstrap_servers, int_list, interrupt, new_run, say
+from loginpipe.benchmark.common import (
+    add_run_arguments,
+    bootstrap_servers,
+    int_list,
+    interrupt,
+    new_run,
+    non_negative_int,
+    say,
+)
 from loginpipe.benchmark.compare import run_compare
 from loginpipe.benchmark.report import add_ratios, describe_machine, markdown, write_outputs
 from loginpipe.benchmark.steps import (
@@ -22,7 +30,10 @@ from loginpipe.benchmark.steps import (
     step_memory,
     step_pass_through,
     step_pipeline,
+    step_pipeline_processes,
     step_preload,
+    step_restore_drained,
+    step_restore_synthetic,
 )
 from loginpipe.cli import EnvArgumentParser, positive_float, positive_int
 from loginpipe.config import PipelineConfig
@@ -34,13 +45,21 @@ def build_parser() -> EnvArgumentParser:
     parser = EnvArgumentParser(
         prog="python -m loginpipe.benchmark",
         description="Benchmark the pipeline against Kafka's Java consumer, kafka-python consume-only and "
-                    "pass-through; end-to-end latency; memory per user. Results in bench-results/.",
+                    "pass-through, with threads and with processes; what its state topics take per "
+                    "event; how fast state is restored; end-to-end latency; memory per user. Results "
+                    "in bench-results/.",
         epilog="python -m loginpipe.benchmark compare BEFORE [AFTER] compares the drain throughput of two "
                "versions of the code instead (see its --help).")
     add_run_arguments(parser, events_help="events to preload and consume in each throughput run",
                       partitions_help="partitions of the benchmark topics")
     parser.add_env_argument("--threads-list", env="BENCH_THREADS_LIST", type=int_list, default=[1, 2],
                             help="pipeline --threads values to run, comma-separated")
+    parser.add_env_argument("--processes", env="BENCH_PROCESSES", type=positive_int, default=2,
+                            help="also drain with the pipeline's --processes N (one thread each, one "
+                                 "group); 1 skips it")
+    parser.add_env_argument("--restore-users", env="BENCH_RESTORE_USERS", type=non_negative_int,
+                            default=1_000_000,
+                            help="distinct users in the synthetic changelog whose restore is timed; 0 skips")
     parser.add_env_argument("--latency-rate", env="BENCH_LATENCY_RATE", type=positive_float, default=5000.0,
                             help="offered load of the latency run, events/s")
     parser.add_env_argument("--latency-seconds", env="BENCH_LATENCY_SECONDS", type=positive_float,
@@ -89,7 +108,19 @@ def _run_steps(bench: Bench, report: dict) -> None:
             report["notes"].append("confluent-kafka pass-through skipped: it does not import")
     for threads in args.threads_list:
         runs.append(step_pipeline(bench, source, threads))
+    if args.processes > 1:
+        runs.append(step_pipeline_processes(bench, source, args.processes))
     report["ratios"] = add_ratios(runs)
+    pipelines = [r for r in runs if r["kind"] == "pipeline"]
+    drained = next((r for r in pipelines if r["threads"] == 1 and r["processes"] == 1), pipelines[0])
+    restores = step_restore_drained(bench, drained["group"])
+    if args.restore_users:
+        row = step_restore_synthetic(bench, args.restore_users)
+        if row:
+            restores.append(row)
+        else:
+            report["notes"].append("synthetic restore skipped: no java on PATH (its console producer)")
+    report["restore"] = restores
     report["latency"] = step_latency(bench)
     report["memory"] = step_memory(bench)
 
@@ -113,10 +144,13 @@ def run_benchmark(args) -> int:
     started = time.monotonic()
     run_id, log_dir = new_run(args.out_dir)
     say(f"benchmark {run_id}: {args.events:,} events, {args.partitions} partitions, pipeline threads "
-        f"{','.join(map(str, args.threads_list))}; logs in {log_dir}")
+        f"{','.join(map(str, args.threads_list))}"
+        + (f" and {args.processes} processes" if args.processes > 1 else "")
+        + f"; logs in {log_dir}")
     bootstrap = bootstrap_servers(args.bootstrap_servers)
     bench = Bench(args, bootstrap, run_id, log_dir)
-    bench.steps = 5 + len(args.threads_list) + (1 if args.with_confluent else 0) + 1
+    bench.steps = (6 + len(args.threads_list) + (1 if args.with_confluent else 0) + (args.processes > 1)
+                   + 1 + (args.restore_users > 0))
     report = _new_report(args, run_id, bootstrap)
     try:
         _run_steps(bench, report)

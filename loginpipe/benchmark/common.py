@@ -38,6 +38,16 @@ def int_list(text: str) -> list[int]:
 int_list.__name__ = "comma-separated list of positive integers"
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+non_negative_int.__name__ = "non-negative integer"
+
+
 def add_run_arguments(parser: EnvArgumentParser, events_help: str, partitions_help: str) -> None:
     """The flags every benchmark command has: broker, size, results folder, seed."""
     add = parser.add_env_argument

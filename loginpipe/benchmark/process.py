@@ -65,16 +65,19 @@ def child_env(code: Path) -> dict[str, str]:
 class Child:
     """One child process of a benchmark step."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path, code: Path = PROJECT_ROOT) -> None:
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, code: Path = PROJECT_ROOT,
+                 stdin_path: Path | None = None) -> None:
         """Start ``cmd`` in ``code`` (a copy of the project: this one, or another version's),
-        with ``code`` first on the import path, so it imports that copy's ``loginpipe``."""
+        with ``code`` first on the import path, so it imports that copy's ``loginpipe``; its
+        standard input is ``stdin_path``, or nothing."""
         self.name = name
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         self.out_path = log_dir / f"{slug}.out"
         self.err_path = log_dir / f"{slug}.err"
-        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+        given = stdin_path.open("rb") if stdin_path else contextlib.nullcontext(subprocess.DEVNULL)
+        with self.out_path.open("wb") as out, self.err_path.open("wb") as err, given as stdin:
             self.proc = subprocess.Popen(cmd, cwd=code, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, env=child_env(code))
+                                         stdin=stdin, env=child_env(code))
         self.started = time.monotonic()
         self.result: ChildResult | None = None
         self._shown = ""

@@ -50,18 +50,29 @@ def _git_revision() -> str:
     return f"{head}{' (uncommitted changes)' if dirty else ''}" if head else "unknown"
 
 
+def pipeline_key(row: dict) -> str:
+    """A pipeline run's short name: t<threads>, or p<processes> for a --processes run."""
+    processes = row.get("processes", 1)
+    return f"p{processes}" if processes > 1 else f"t{row['threads']}"
+
+
 def add_ratios(runs: list[dict]) -> dict:
+    """Each pipeline run's rate over pass-through's, consume-only's and the 1-process 1-thread
+    pipeline's."""
     by_kind = {r["kind"]: r for r in runs if r["kind"] in ("consume-only", "pass-through")
                and r.get("client", "kafka-python") == "kafka-python"}
+    pipelines = [r for r in runs if r["kind"] == "pipeline"]
+    single = next((r for r in pipelines if r["threads"] == 1 and r.get("processes", 1) == 1), None)
+    if single:
+        by_kind["one-process"] = single
     ratios = {}
-    for row in runs:
-        if row["kind"] != "pipeline":
-            continue
-        for kind, key in (("pass-through", "vs_pass_through"), ("consume-only", "vs_consume_only")):
+    for row in pipelines:
+        for kind, key in (("pass-through", "vs_pass_through"), ("consume-only", "vs_consume_only"),
+                          ("one-process", "vs_one_process")):
             base = by_kind.get(kind)
-            if base and base["events_per_s"]:
+            if base and base["events_per_s"] and base is not row:
                 row[key] = round(row["events_per_s"] / base["events_per_s"], 3)
-                ratios[f"pipeline_t{row['threads']}_{key}"] = row[key]
+                ratios[f"pipeline_{pipeline_key(row)}_{key}"] = row[key]
     return ratios
 
 
@@ -73,6 +84,8 @@ def _num(value: float | None, spec: str = ",.0f") -> str:
 
 def markdown(report: dict) -> str:
     lines = _throughput_section(report)
+    if any(r.get("state_topics") for r in report["runs"]) or report.get("restore"):
+        lines += _state_section(report)
     if report.get("latency"):
         lines += _latency_section(report["latency"])
     if report.get("memory"):
@@ -100,24 +113,88 @@ def _throughput_section(report: dict) -> list[str]:
         "",
         f"Preload (generator library, full speed): {pre['events_per_s']:,.0f} events/s.",
         "",
-        "| run | events/s | MB/s | CPU s / M events | peak RSS MiB | ÷ pass-through | ÷ consume-only |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | events/s | MB/s | CPU s / M events | peak RSS MiB | ÷ pass-through | ÷ consume-only "
+        "| ÷ pipeline, 1 thread |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["runs"]:
         lines.append(
             f"| {r['label']} | {_num(r['events_per_s'])} | {_num(r['mb_per_s'], ',.1f')} | "
             f"{_num(r['cpu_s_per_million'], ',.1f')} | {_num(r['peak_rss_mib'])} | "
-            f"{_num(r.get('vs_pass_through'), '.2f')} | {_num(r.get('vs_consume_only'), '.2f')} |")
-    lines += ["", "Rates: Python runs from the first record received to the last record done; Java: "
+            f"{_num(r.get('vs_pass_through'), '.2f')} | {_num(r.get('vs_consume_only'), '.2f')} | "
+            f"{_num(r.get('vs_one_process'), '.2f')} |")
+    lines += ["", "Rates: Python runs from the first record received to the last record done (with "
+              "--processes: the longest process's span, the processes' records added up); Java: "
               "ConsumerPerformance's fetch time (group join left out). CPU and peak RSS: the whole child "
-              "process (start-up included; for the pipeline also its 2 s idle stop)."]
+              "process (start-up included; for the pipeline also its 2 s idle stop; with --processes: "
+              "CPU of every process, RSS of the largest). The machine's load average at the start: "
+              f"{', '.join(map(str, report['machine'].get('load_average_at_start', [])))}; at the end: "
+              f"{', '.join(map(str, report['machine'].get('load_average_at_end', [])))}."]
     for r in report["runs"]:
-        if r["kind"] == "pipeline":
+        if r["kind"] != "pipeline":
+            continue
+        ok = "ok" if r["accounting_ok"] else "MISMATCH"
+        if r.get("processes", 1) > 1:
+            split = " + ".join(f"p{p['process']} {p['consumed']:,}" for p in r["per_process"])
+            lines.append(f"Pipeline {r['processes']} processes: consumed {r['consumed']:,} ({split}) = "
+                         f"processed {r['processed']:,} + filtered {r['filtered']:,} + dead-lettered "
+                         f"{r['dead_lettered']:,}; the group's changelogs count {_num(r['group_events'])} "
+                         f"events; accounting {ok}.")
+        else:
             lines.append(f"Pipeline {r['threads']} thread(s): consumed {r['consumed']:,} = processed "
                          f"{r['processed']:,} + filtered {r['filtered']:,} + dead-lettered "
-                         f"{r['dead_lettered']:,}; accounting {'ok' if r['accounting_ok'] else 'MISMATCH'}.")
+                         f"{r['dead_lettered']:,}; accounting {ok}.")
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
+    return lines
+
+
+def _state_section(report: dict) -> list[str]:
+    """The state topics' records and bytes per input event, and the restore rates."""
+    lines = ["", "## State: changelogs, repartition, restore", ""]
+    rows = [r for r in report["runs"] if r.get("state_topics")]
+    if rows:
+        lines += [
+            "Per input event (bad and filtered ones included), after each drain, before any "
+            "compaction: what was written. Bytes: the logs on disk (snappy batches as the pipeline "
+            "writes them), from the broker's DescribeLogDirs.",
+            "",
+            "| run | changelog records | changelog bytes | aggregates / devices changelog bytes | "
+            "repartition records | repartition bytes | output bytes |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            st = r["state_topics"]
+            lines.append(
+                f"| {r['label']} | {st['changelogs']['records_per_event']:.3f} | "
+                f"{st['changelogs']['bytes_per_event']:,.1f} | {st['changelog']['bytes_per_event']:,.1f} / "
+                f"{st['device_changelog']['bytes_per_event']:,.1f} | "
+                f"{st['repartition']['records_per_event']:.3f} | "
+                f"{st['repartition']['bytes_per_event']:,.1f} | "
+                f"{st['output']['bytes_per_event']:,.1f} |")
+    restores = report.get("restore") or []
+    if restores:
+        lines += [
+            "",
+            "Restore: every partition's stores rebuilt from the changelogs in one process, as a worker "
+            "does when partitions are assigned to it (state/restore.py) or as `python -m loginpipe.query` "
+            "does (read_group_state). Keys: users + devices + count labels restored.",
+            "",
+            "| changelog | how | records | keys | seconds | keys/s | records/s | peak RSS MiB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in restores:
+            how = "worker (Restorer)" if r["via"] == "restorer" else "query (read_group_state)"
+            lines.append(f"| {r['label']} | {how} | {r['records']:,} | {r['keys']:,} | {r['seconds']:,.2f} | "
+                         f"{_num(r['keys_per_s'])} | {_num(r['records_per_s'])} | "
+                         f"{_num(r['peak_rss_mib'])} |")
+        for r in restores:
+            if "users_written" in r:
+                lines += ["", f"Synthetic changelog of {r['users_written']:,} users (each with its own IP "
+                              f"and device): {r['log_bytes'] / MB:,.1f} MB on disk, "
+                              f"{r['log_bytes_per_user']:,.1f} bytes per user; a worker restores it in "
+                              f"{r['seconds']:,.1f}s, {r['seconds_per_million_users']:,.1f}s per million "
+                              "users."]
     return lines
 
 
@@ -143,7 +220,8 @@ def _memory_section(mem: dict) -> list[str]:
     cap_by_users = {p["users"]: p for p in cap["points"]}
     lines = [
         "",
-        "## Memory: Aggregates, distinct users (each with its own IP and device id)",
+        "## Memory: one partition's stores (users and devices), distinct users "
+        "(each with its own IP and device id)",
         "",
         f"| users | RSS MiB (max_tracked_keys {unc['max_tracked_keys']:,}) | bytes per added user | "
         f"RSS MiB (default cap {cap['max_tracked_keys']:,}) | users tracked (default cap) |",
@@ -154,6 +232,13 @@ def _memory_section(mem: dict) -> list[str]:
         lines.append(
             f"| {users:,} | {_num(u.get('rss_mib'))} | {_num(u.get('bytes_per_added_user'))} | "
             f"{_num(c.get('rss_mib'))} | {_num(c.get('tracked_users'))} |")
+    per = mem.get("bytes_per_user")
+    if per:
+        low, high = per["between_users"]
+        lines += ["", f"Bytes per distinct user, RSS added between {low:,} and {high:,} users: both stores "
+                      f"{_num(per['both'])} (the login store alone {_num(per['login'])}: user id, IPs; the "
+                      f"device store alone {_num(per['device'])}: device id, user ids, each its own copy "
+                      "as the device step decodes it)."]
     return lines
 
 

@@ -1,4 +1,5 @@
-"""The benchmark's steps (preload, Java, consume-only, pass-through, pipeline, latency, memory), Bench."""
+"""The benchmark's steps (preload, Java, consume-only, pass-through, pipeline with threads and with
+processes, state topics, restore, latency, memory), Bench."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from loginpipe.benchmark.process import Child, ChildResult, stop_live_children
 from loginpipe.errors import UserError
 from loginpipe.kafka.admin import admin_client, delete_topics, ensure_topics
 from loginpipe.local.broker import DEFAULT_HOME, ensure_jars
-from loginpipe.topics import TopicSpec
+from loginpipe.topics import InternalTopics, TopicSpec
 from loginpipe.waiting import wait_until
 
 # The latency run produces once the pipeline's group has been Stable this long without a break.
@@ -29,6 +31,12 @@ SUMMARY_RE = re.compile(r"consumed ([\d,]+) in [\d.,]+s \([\d,]+ msg/s\): proces
 TIMING_RE = re.compile(r"timing: first record to last processed in ([\d.]+)s")
 RESENT_RE = re.compile(r"outputs re-sent after a failed delivery: ([\d,]+)")
 GENERATOR_RE = re.compile(r"generator: sent ([\d,]+)(?:/[\d,]+)? events \(([\d,]+) events/s\)")
+# --processes N: each process's lines come prefixed "[p<i>] "; the group's summary is the parent's.
+PROCESS_SUMMARY_RE = re.compile(r"^\[p(\d+)\] " + SUMMARY_RE.pattern, re.MULTILINE)
+PROCESS_TIMING_RE = re.compile(r"^\[p(\d+)\] " + TIMING_RE.pattern, re.MULTILINE)
+PROCESS_RESENT_RE = re.compile(r"^\[p(\d+)\] " + RESENT_RE.pattern, re.MULTILINE)
+GROUP_EVENTS_RE = re.compile(r"^group summary \(all \d+ processes, from the changelogs\):\s*\n"
+                             r"events:\s+([\d,]+)", re.MULTILINE)
 
 
 def python_child(*args: str) -> list[str]:
@@ -54,8 +62,12 @@ class Bench:
         return f"lpbench-{self.run_id}-{suffix}"
 
     def group(self, suffix: str) -> str:
+        """A consumer group of this run; its own topics (changelogs, repartition), which the
+        pipeline creates, are deleted with the run's."""
         group = self.name(suffix)
         self.groups.append(group)
+        internal = InternalTopics.of(group)
+        self.topics.extend([internal.changelog, internal.device_changelog, internal.repartition])
         return group
 
     def create_topics(self, *specs: TopicSpec) -> None:
@@ -270,11 +282,189 @@ def check_accounting(bench: Bench, row: dict, out: str, dlq: str) -> None:
 def step_pipeline(bench: Bench, topic: str, threads: int) -> dict:
     bench.announce(f"the pipeline, --threads {threads}")
     out, dlq = pipeline_topics(bench, f"t{threads}")
-    cmd = drain_command(bench, topic, out, dlq, bench.group(f"t{threads}"),
+    group = bench.group(f"t{threads}")
+    cmd = drain_command(bench, topic, out, dlq, group,
                         *snapshot_topic_flags(bench, f"t{threads}"), "--threads", str(threads))
     row = python_run(bench, f"pipeline, {threads} thread{'s' if threads > 1 else ''}", "pipeline",
-                     Child(f"pipeline t{threads}", cmd, bench.log_dir), threads=threads)
+                     Child(f"pipeline t{threads}", cmd, bench.log_dir), threads=threads, processes=1,
+                     group=group)
     check_accounting(bench, row, out, dlq)
+    row["state_topics"] = state_topic_usage(bench, group, out)
+    return row
+
+
+def step_pipeline_processes(bench: Bench, topic: str, processes: int) -> dict:
+    """The pipeline with ``--processes N`` (one thread each, one group) on the same input: the
+    rate over the longest process's first-to-last-record span, the processes' counts added up."""
+    bench.announce(f"the pipeline, --processes {processes} (1 thread each, one group)")
+    suffix = f"p{processes}"
+    out, dlq = pipeline_topics(bench, suffix)
+    group = bench.group(suffix)
+    cmd = drain_command(bench, topic, out, dlq, group, *snapshot_topic_flags(bench, suffix),
+                        "--threads", "1", "--processes", str(processes))
+    child = Child(f"pipeline p{processes}", cmd, bench.log_dir)
+    result = child.wait(bench.timeout_s(bench.args.events)).check()
+    per = parse_process_summaries(result.stdout, processes, result.tail())
+    consumed = sum(p["consumed"] for p in per)
+    busy_s = max(p["busy_s"] for p in per)
+    group_events = GROUP_EVENTS_RE.search(result.stdout)
+    row = throughput_row(f"pipeline, {processes} processes", "pipeline", consumed, busy_s, result,
+                         bench.value_bytes, bench.args.events, threads=1, processes=processes, group=group,
+                         processed=sum(p["processed"] for p in per), filtered=sum(p["filtered"] for p in per),
+                         dead_lettered=sum(p["dead_lettered"] for p in per),
+                         resent=sum(p["resent"] or 0 for p in per), per_process=per,
+                         group_events=int(group_events.group(1).replace(",", "")) if group_events else None)
+    say(f"      {consumed:,} records (" + " + ".join(f"p{p['process']} {p['consumed']:,}" for p in per)
+        + f"), the longest process {busy_s:.2f}s: {row['events_per_s']:,.0f} events/s, "
+        f"{row['cpu_s_per_million']} CPU s per million (all processes), peak RSS "
+        f"{row['peak_rss_mib']:,.0f} MiB (the largest process)")
+    check_accounting(bench, row, out, dlq)
+    # The group's events, read back from its changelogs, are the events counted: the processed ones.
+    if row["group_events"] != row["processed"]:
+        row["accounting_ok"] = False
+        say(f"      MISMATCH: the group's changelogs count {row['group_events']} events, the processes "
+            f"processed {row['processed']:,}")
+    else:
+        say(f"      the group's changelogs count {row['group_events']:,} events = processed")
+    row["state_topics"] = state_topic_usage(bench, group, out)
+    return row
+
+
+def parse_process_summaries(out: str, processes: int, tail: str) -> list[dict]:
+    """Each process's summary counts and first-to-last-record time, from ``--processes`` output."""
+    timings = {int(m.group(1)): float(m.group(2)) for m in PROCESS_TIMING_RE.finditer(out)}
+    resent = {int(m.group(1)): int(m.group(2).replace(",", "")) for m in PROCESS_RESENT_RE.finditer(out)}
+    per = []
+    for m in PROCESS_SUMMARY_RE.finditer(out):
+        index = int(m.group(1))
+        consumed, processed, filtered, dead = (int(g.replace(",", "")) for g in m.groups()[1:])
+        per.append({"process": index, "consumed": consumed, "processed": processed, "filtered": filtered,
+                    "dead_lettered": dead, "busy_s": timings.get(index, 0.0), "resent": resent.get(index)})
+    if sorted(p["process"] for p in per) != list(range(processes)) or len(timings) != processes:
+        raise UserError(f"--processes {processes}: not every process printed its summary; tail:\n{tail}")
+    return sorted(per, key=lambda p: p["process"])
+
+
+# --- state: the group's own topics, restore ------------------------------------------------------
+
+def log_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """Bytes on disk of each topic's log (every segment, index files left out), from the brokers'
+    DescribeLogDirs; a partition on several brokers (replicas) is counted once, at its largest."""
+    admin = admin_client(bootstrap)
+    try:
+        answers = admin.describe_log_dirs(topics)
+    finally:
+        admin.close()
+    largest: dict[tuple[str, int], int] = {}
+    for broker in answers:
+        for log_dir in broker.get("log_dirs", []):
+            for topic in log_dir.get("topics", []):
+                for part in topic.get("partitions", []):
+                    key = (topic["name"], part["partition_index"])
+                    largest[key] = max(largest.get(key, 0), part["partition_size"])
+    sizes = dict.fromkeys(topics, 0)
+    for (name, _), size in largest.items():
+        if name in sizes:
+            sizes[name] += size
+    return sizes
+
+
+def state_topic_usage(bench: Bench, group: str, output_topic: str) -> dict:
+    """Records and bytes on disk per input event of the group's two changelogs and its repartition
+    topic after a drain (before any compaction: what was written), the output topic's beside them."""
+    internal = InternalTopics.of(group)
+    roles = {"changelog": internal.changelog, "device_changelog": internal.device_changelog,
+             "repartition": internal.repartition, "output": output_topic}
+    sizes = log_sizes(bench.bootstrap, list(roles.values()))
+    events = bench.args.events
+    usage: dict[str, Any] = {}
+    for role, topic in roles.items():
+        records = sum(end_offsets(bench.bootstrap, topic).values())
+        usage[role] = {"topic": topic, "records": records, "bytes": sizes[topic],
+                       "records_per_event": round(records / events, 4),
+                       "bytes_per_event": round(sizes[topic] / events, 2)}
+    both = [usage["changelog"], usage["device_changelog"]]
+    usage["changelogs"] = {"records": sum(u["records"] for u in both), "bytes": sum(u["bytes"] for u in both),
+                           "records_per_event": round(sum(u["records"] for u in both) / events, 4),
+                           "bytes_per_event": round(sum(u["bytes"] for u in both) / events, 2)}
+    rep, logs = usage["repartition"], usage["changelogs"]
+    say(f"      changelogs: {logs['records_per_event']:.3f} records and {logs['bytes_per_event']:,.1f} bytes "
+        f"per input event ({logs['records']:,} records, {logs['bytes'] / MB:,.1f} MB); repartition: "
+        f"{rep['records_per_event']:.3f} records, {rep['bytes_per_event']:,.1f} bytes per event; output: "
+        f"{usage['output']['bytes_per_event']:,.1f} bytes per event")
+    return usage
+
+
+def restore_run(bench: Bench, group: str, via: str, label: str, timeout_s: float) -> dict:
+    """Rebuild ``group``'s stores from its changelogs in a child (``--via restorer``: as a worker;
+    ``query``: as the query command); its rate in keys and records per second."""
+    child = Child(f"restore {label} {via}", python_child(
+        "restore", "--bootstrap-servers", bench.bootstrap, "--group", group, "--via", via), bench.log_dir)
+    result = child.wait(timeout_s).check()
+    data = result.result_json()
+    seconds = data["seconds"]
+    row = {"label": label, "group": group, **data,
+           "keys_per_s": round(data["keys"] / seconds, 1) if seconds > 0 else None,
+           "records_per_s": round(data["records"] / seconds, 1) if seconds > 0 else None,
+           "cpu_s": round(result.cpu_s, 3), "peak_rss_mib": round(result.peak_rss_kib / 1024, 1)}
+    say(f"      {label}, {'a worker' if via == 'restorer' else 'the query'}: {data['records']:,} records, "
+        f"{data['users']:,} users + {data['devices']:,} devices + {data['count_labels']:,} counts in "
+        f"{seconds:.2f}s: {row['keys_per_s']:,.0f} keys/s ({row['records_per_s']:,.0f} records/s), "
+        f"peak RSS {row['peak_rss_mib']:,.0f} MiB")
+    return row
+
+
+def step_restore_drained(bench: Bench, group: str) -> list[dict]:
+    """Rebuild a drained group's state from its changelogs: as a worker restarting, as the query."""
+    bench.announce(f"restore: the state of {group} from its changelogs, as a worker and as the query")
+    return [restore_run(bench, group, via, "after the drain", 300.0) for via in ("restorer", "query")]
+
+
+def console_producer(bench: Bench, topic: str, lines: Path) -> Child:
+    """Kafka's console producer writing ``key<TAB>value`` lines to ``topic``, placed by key hash,
+    snappy batches as the pipeline's producer writes them."""
+    libs = ensure_jars(DEFAULT_HOME / "libs", quiet=True)
+    cmd = ["java", "-Xmx512m", "-cp", f"{libs}/*", "org.apache.kafka.tools.ConsoleProducer",
+           "--bootstrap-server", bench.bootstrap, "--topic", topic,
+           "--reader-property", "parse.key=true", "--reader-property", "key.separator=\t",
+           "--command-property", "acks=all", "--command-property", "compression.type=snappy",
+           "--command-property", "linger.ms=20", "--command-property", "batch.size=262144"]
+    return Child(f"console producer {topic}", cmd, bench.log_dir, stdin_path=lines)
+
+
+def step_restore_synthetic(bench: Bench, users: int) -> dict | None:
+    """Write the changelogs of ``users`` distinct users (the pipeline's own records) into a fresh
+    pair of changelog topics, then time a worker's restore of them."""
+    bench.announce(f"restore: a changelog of {users:,} distinct users (each with its own IP and device), "
+                   "rebuilt as a worker does")
+    if shutil.which("java") is None:
+        say("      skipped: no 'java' on PATH (Kafka's console producer writes the changelog)")
+        return None
+    group = bench.name("restore")
+    internal = InternalTopics.of(group)
+    bench.create_topics(*(spec for spec in internal.specs() if spec.name != internal.repartition))
+    with tempfile.TemporaryDirectory(prefix="loginpipe-bench-") as tmp:
+        login_lines, device_lines = Path(tmp) / "login.txt", Path(tmp) / "device.txt"
+        made = Child("changelog lines", python_child(
+            "changelog-lines", "--users", str(users), "--login-file", str(login_lines),
+            "--device-file", str(device_lines), "--seed", str(bench.args.seed)), bench.log_dir)
+        data = made.wait(max(300.0, users / 2000)).check().result_json()
+        started = time.monotonic()
+        for topic, lines in ((internal.changelog, login_lines), (internal.device_changelog, device_lines)):
+            console_producer(bench, topic, lines).wait(max(300.0, users / 2000)).check()
+        written_s = time.monotonic() - started
+    sizes = log_sizes(bench.bootstrap, [internal.changelog, internal.device_changelog])
+    written = sum(sum(end_offsets(bench.bootstrap, t).values()) for t in sizes)
+    if written != data["records"]:
+        raise UserError(f"the console producer wrote {written:,} changelog records of {data['records']:,}")
+    on_disk = sum(sizes.values())
+    say(f"      {data['records']:,} records ({on_disk / MB:,.1f} MB on disk, {on_disk / users:,.1f} bytes "
+        f"per user) made in {data['seconds']:.1f}s, written in {written_s:.1f}s")
+    row = restore_run(bench, group, "restorer", f"{users:,} users", max(300.0, users / 1000))
+    row.update(users_written=users, log_bytes=on_disk, log_bytes_per_user=round(on_disk / users, 1),
+               seconds_per_million_users=round(row["seconds"] * 1_000_000 / users, 2))
+    say(f"      a worker restores {users:,} users in {row['seconds']:.1f}s "
+        f"({row['seconds_per_million_users']:.1f}s per million users)")
     return row
 
 
@@ -503,21 +693,46 @@ def step_memory(bench: Bench) -> dict:
     args = bench.args
     users = sorted(set(args.memory_users))
     top = users[-1]
-    bench.announce(f"memory: Aggregates fed with {', '.join(f'{u:,}' for u in users)} distinct users "
+    listed = ", ".join(f"{u:,}" for u in users)
+    bench.announce(f"memory: a partition's stores fed with {listed} distinct users "
                    "(each its own IP and device)")
     runs = {}
     plateau = sorted(set(users) | {top * k // 5 for k in range(1, 6)})
-    for key, cap, points in (("uncapped", 10_000_000, users), ("default_cap", 0, plateau)):
+    # Each store alone, between the two smallest points: what a user costs in each.
+    apart = users[:2]
+    for key, cap, points, stores in (("uncapped", 10_000_000, users, "both"),
+                                     ("default_cap", 0, plateau, "both"),
+                                     ("login_only", 10_000_000, apart, "login"),
+                                     ("device_only", 10_000_000, apart, "device")):
         child = Child(f"memory {key}", python_child(
             "memory", "--points", ",".join(map(str, points)), "--max-tracked-keys", str(cap),
-            "--seed", str(args.seed)), bench.log_dir)
+            "--stores", stores, "--seed", str(args.seed)), bench.log_dir)
         result = child.wait(max(300.0, top / 10_000)).check()
         data = result.result_json()
         _add_rss_per_user(data["points"])
         data["peak_rss_mib"] = round(result.peak_rss_kib / 1024, 1)
         runs[key] = data
         last = data["points"][-1]
-        say(f"      max_tracked_keys {data['max_tracked_keys']:,}: " + ", ".join(
+        say(f"      {stores} store(s), max_tracked_keys {data['max_tracked_keys']:,}: " + ", ".join(
             f"{p['users']:,} users {p['rss_mib']:,.0f} MiB" for p in data["points"][1:])
-            + f" (tracking {last['tracked_users']:,} at the end)")
+            + f" (tracking {last['tracked_users']:,} users, {last['tracked_devices']:,} devices at the end)")
+    runs["bytes_per_user"] = bytes_per_user(runs, apart)
+    per = runs["bytes_per_user"]
+    low, high = per["between_users"]
+    say(f"      bytes per distinct user between {low:,} and {high:,} users: both stores "
+        f"{per['both']:,.0f} (login {per['login']:,.0f}, device {per['device']:,.0f})")
     return runs
+
+
+def bytes_per_user(runs: dict, apart: list[int]) -> dict:
+    """RSS added per user between the points ``apart`` (or from none to the one point), per store."""
+    def slope(points: list[dict]) -> float | None:
+        by_users = {p["users"]: p["rss_bytes"] for p in points}
+        low, high = (apart[0], apart[-1]) if len(apart) > 1 else (0, apart[0])
+        if low not in by_users or high not in by_users or high == low:
+            return None
+        return round((by_users[high] - by_users[low]) / (high - low), 1)
+
+    return {"between_users": apart if len(apart) > 1 else [0, apart[0]],
+            "both": slope(runs["uncapped"]["points"]), "login": slope(runs["login_only"]["points"]),
+            "device": slope(runs["device_only"]["points"])}

@@ -5,6 +5,7 @@ goes through ``Privacy`` first."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import orjson
@@ -13,8 +14,8 @@ from loginpipe.core import enrich, events, risk
 from loginpipe.core.contracts import OUTPUT_SCHEMA_ID
 from loginpipe.core.events import LoginEvent, RawRecord, Rejection
 from loginpipe.core.privacy import ENVELOPE_SCHEME, Privacy, SourcePosition
-from loginpipe.core.state import Snapshot
-from loginpipe.topics import DLQ_TOPIC, OUTPUT_TOPIC
+from loginpipe.state.stores import Counted
+from loginpipe.topics import DEFAULT_GROUP, DLQ_TOPIC, OUTPUT_TOPIC, InternalTopics
 
 # Headers on every dead letter.
 REASON_HEADER = "dlq-reason"
@@ -23,6 +24,7 @@ ENCRYPTED_HEADER = "dlq-encrypted"  # privacy mode: the value is an envelope (pr
 SOURCE_TOPIC_HEADER = "source-topic"
 SOURCE_PARTITION_HEADER = "source-partition"
 SOURCE_OFFSET_HEADER = "source-offset"
+DEFAULT_INTERNAL = InternalTopics.of(DEFAULT_GROUP)
 # Header on every filtered event.
 FILTER_REASON_HEADER = "filter-reason"
 
@@ -37,6 +39,8 @@ class Routes:
     # anyway, without hashing it again (murmur2 in pure Python is ~10% of the pipeline's time).
     keep_partition: bool = False
     privacy: Privacy | None = None  # None: privacy mode off
+    internal: InternalTopics = DEFAULT_INTERNAL  # the group's own topics
+    partitions: int = 1  # of the input topic, and so of every internal topic
 
 
 @dataclass(slots=True)
@@ -46,6 +50,40 @@ class OutputRecord:
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
     partition: int | None = None  # None: the producer's partitioner hashes the key
+    timestamp_ms: int | None = None  # None: the producer's clock
+
+
+class Source:
+    """Where a processed record came from in the input, carried through the repartition topic."""
+
+    __slots__ = ("keyed_by_user", "offset", "partition")
+
+    def __init__(self, partition: int, offset: int, keyed_by_user: bool) -> None:
+        self.partition = partition
+        self.offset = offset
+        self.keyed_by_user = keyed_by_user  # the input key was this user_id
+
+
+def repartition_record(routes: Routes, source: RawRecord, event: LoginEvent, device_type: str,
+                       counted: Counted) -> OutputRecord:
+    """A counted login on its way to the device step, keyed by device_id. Its partition is chosen
+    here (crc32: the topic is ours alone, and Kafka's murmur2 in pure Python costs ~10 % of the
+    pipeline); its timestamp is the input record's, so end-to-end latency spans both steps."""
+    device_key = event.device_id.encode()
+    keyed_by_user = source.key is not None and source.key == event.user_id.encode()
+    value = orjson.dumps([event.user_id, event.app_version, device_type, event.ip, event.locale,
+                          event.device_id, event.timestamp, event.epoch_s, source.partition,
+                          source.offset, keyed_by_user, *counted])
+    partition = zlib.crc32(device_key) % routes.partitions
+    return OutputRecord(routes.internal.repartition, device_key, value, None, partition, source.timestamp)
+
+
+def read_repartitioned(value: bytes) -> tuple[LoginEvent, str, Source, Counted]:
+    """The fields ``repartition_record`` wrote."""
+    (user_id, app_version, device_type, ip, locale, device_id, timestamp, epoch_s, partition,
+     offset, keyed_by_user, *counted) = orjson.loads(value)
+    event = LoginEvent(user_id, app_version, device_type, ip, locale, device_id, timestamp, epoch_s)
+    return event, device_type, Source(partition, offset, keyed_by_user), Counted(*counted)
 
 
 class BatchTime:
@@ -58,8 +96,9 @@ class BatchTime:
         self.iso = enrich.processed_timestamp(now_s)
 
 
-def processed_record(routes: Routes, source: RawRecord, event: LoginEvent, device_type: str,
-                     snapshot: Snapshot, batch_time: BatchTime) -> tuple[OutputRecord, str]:
+def processed_record(routes: Routes, source: Source, event: LoginEvent, device_type: str,
+                     snapshot: Counted, users_on_device: int, batch_time: BatchTime
+                     ) -> tuple[OutputRecord, str]:
     """The enriched record for the output topic, keyed by user_id, and its risk level. Its fields
     are described by ``schemas/processed-login.v1.json`` (the README's table is rendered from it)."""
     epoch_s, ip = event.epoch_s, event.ip
@@ -68,7 +107,7 @@ def processed_record(routes: Routes, source: RawRecord, event: LoginEvent, devic
     major, minor, patch = enrich.version_parts(event.app_version)
     region, zone = enrich.locale_region(event.locale)
     local_hour = enrich.local_hour(zone, second // 3600)
-    distinct_ips, users_on_device = snapshot.distinct_ips_for_user, snapshot.users_on_device
+    distinct_ips = snapshot.distinct_ips_for_user
     score, level, factors = risk.assess(distinct_ips, users_on_device, major, snapshot.newest_major,
                                         local_hour, ip)
     privacy = routes.privacy
@@ -108,7 +147,7 @@ def processed_record(routes: Routes, source: RawRecord, event: LoginEvent, devic
         "schema": OUTPUT_SCHEMA_ID,
     })
     # Only when the input was keyed by this same user_id is its partition the key's partition.
-    partition = source.partition if routes.keep_partition and source.key == key else None
+    partition = source.partition if routes.keep_partition and source.keyed_by_user else None
     return OutputRecord(routes.output_topic, key, value, None, partition), level
 
 

@@ -72,7 +72,8 @@ def header(view: View) -> None:
     elif view.status == LIVE:
         updated = view.summary.get("updated_at", "")
         state = "stopped" if view.summary.get("final") else "running"
-        st.success(f"● live: {len(view.instances)} pipeline instance(s), {state}, updated {updated}")
+        scope = f", state of {view.partitions} partition(s)" if view.partitions else ""
+        st.success(f"● live: {len(view.instances)} pipeline instance(s){scope}, {state}, updated {updated}")
     else:
         st.info(f"● waiting for the pipeline: {view.error or 'no summary snapshot yet'}")
 

@@ -1,6 +1,7 @@
-"""The dashboard's reader: one thread that follows the summary and metrics topics and, every
-few seconds, samples the newest records of the output topic. It never joins the pipeline's
-consumer group and reads a few records a second, so it does not slow the pipeline down.
+"""The dashboard's reader: one thread that follows the summary topic (instance snapshots and
+partition records) and the metrics topic and, every few seconds, samples the newest records of
+the output topic. It never joins the pipeline's consumer group and reads a few records a second,
+so it does not slow the pipeline down.
 
 The broker may be away, at start or later: the thread says so (``Board.connected``) and keeps
 trying; kafka-python reconnects by itself when the broker is back.
@@ -20,6 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from loginpipe.dashboard.view import METRICS_KEPT, RECENT_KEPT, Board, View, make_view
+from loginpipe.observe.summary import PARTITION_SCHEMA_ID
 from loginpipe.waiting import any_reachable
 
 POLL_MS = 500
@@ -112,7 +114,8 @@ class Feed:
                              bootstrap_timeout_ms=5_000)
 
     def _open_snapshots(self) -> KafkaConsumer:
-        """Summaries from the beginning (compacted: the latest per instance), metrics' last hour."""
+        """Summaries from the beginning (compacted: the latest per instance and per partition),
+        metrics' last hour."""
         consumer = self._consumer()
         try:
             summary = self._partitions(consumer, self.settings.summary_topic)
@@ -143,10 +146,12 @@ class Feed:
                     continue  # not ours (or a tombstone): skip it
                 if not isinstance(value, dict):
                     continue
-                if record.topic == summary_topic:
-                    self.board.add_summary(value)
-                else:
+                if record.topic != summary_topic:
                     self.board.add_metrics(value)
+                elif value.get("schema") == PARTITION_SCHEMA_ID:
+                    self.board.add_partition(value)
+                else:
+                    self.board.add_summary(value)
 
     def _read_recent(self) -> None:
         """The newest few records of each output partition (a sample, not a follow)."""

@@ -1,11 +1,20 @@
 """What the dashboard shows, from the records it has read: pure, so it is tested without a
 browser or a broker. ``Feed`` (feed.py) fills a ``Board``; the page (app.py) draws a ``View``.
 
-Which snapshots count: the summary topic holds the latest snapshot of every pipeline instance
-(a process) that ever ran. While some instance of the group runs, the page adds up the running
-ones; once none runs, it shows the ones that stopped last (within ``SAME_RUN_S`` of the last).
-The aggregations are per process and the input is keyed by user, so users are counted exactly
-across processes; a device used by users on different processes is counted by each.
+Which records count: the summary topic holds the latest snapshot of every pipeline instance (a
+process) that ever ran, and the latest record of every partition's state (``observe/summary.py``).
+
+* The accounting (totals, filter and dead-letter reasons, risk levels, metrics) is per process:
+  while some instance of the group runs, the page adds up the running ones; once none runs, the
+  ones that stopped last (within ``SAME_RUN_S`` of the last).
+* The state (logins by device type, version, locale and time, multi-IP users, shared devices,
+  the tracked keys, the top lists) is per partition, and partitions move between processes: the
+  page adds up the newest record of each partition of the group's input topic (the one its
+  chosen instances read) and of its repartition topic, whichever process published it. Every
+  user lives in one input partition and every device in one repartition partition, so each is
+  counted once, and a partition's counts never twice. With every group shown, the same per group.
+  Snapshots of a pipeline that publishes no partition records (older versions) are added up as
+  before instead.
 """
 
 from __future__ import annotations
@@ -16,9 +25,12 @@ from dataclasses import dataclass, field
 
 from loginpipe.core.enrich import DAYS
 from loginpipe.core.regions import REGIONS
+from loginpipe.observe.summary import COUNTS, DEVICES, FIGURES, LOGINS, PARTITION_SCHEMA_ID, add_up
+from loginpipe.topics import InternalTopics
 
 METRICS_KEPT = 720  # per instance: an hour at the pipeline's default 5 s
 INSTANCES_KEPT = 100  # pipeline processes remembered (a restart is a new one)
+PARTITIONS_KEPT = 10_000  # partition records remembered, over every group
 RECENT_KEPT = 20
 SAME_RUN_S = 60.0
 STALE_AFTER_S = 30.0  # a running instance silent this long is left out (killed, not stopped)
@@ -27,6 +39,8 @@ WAITING, LIVE, DISCONNECTED = "waiting for the pipeline", "live", "disconnected"
 _SUMMED_DICTS = ("totals", "filtered_by", "dead_lettered_by", "risk_levels", "by_device_type",
                  "by_app_version", "by_locale", "by_region", "by_day_of_week", "by_date", "by_hour")
 _SUMMED_NUMBERS = ("multi_ip_users", "shared_devices", "tracked_users", "tracked_devices")
+_TOP_ENTRIES = {"top_multi_ip_users": ("user_id", "distinct_ips"),
+                "top_shared_devices": ("device_id", "users")}
 
 
 @dataclass
@@ -34,6 +48,8 @@ class Board:
     """Everything read so far, as the feed's thread keeps it (one writer; readers copy)."""
 
     summaries: dict[str, dict] = field(default_factory=dict)  # instance -> latest snapshot
+    # (group, topic, partition) -> its newest state record
+    partitions: dict[tuple[str, str, int], dict] = field(default_factory=dict)
     metrics: dict[str, deque] = field(default_factory=dict)  # instance -> recent metrics
     recent: list[dict] = field(default_factory=list)  # the newest processed records
     connected: bool = False
@@ -49,6 +65,18 @@ class Board:
             self.summaries[instance] = snapshot
         if len(self.summaries) > INSTANCES_KEPT:
             self._forget_oldest()
+
+    def add_partition(self, record: dict) -> None:
+        if not well_formed(record):
+            return
+        key = (record["group_id"], record["topic"], record["partition"])
+        known = self.partitions.get(key)
+        if known is None or record["updated_epoch_s"] >= known["updated_epoch_s"]:
+            self.partitions[key] = record
+        if len(self.partitions) > PARTITIONS_KEPT:
+            by_time = sorted(self.partitions, key=lambda k: self.partitions[k]["updated_epoch_s"])
+            for old in by_time[:-PARTITIONS_KEPT]:
+                del self.partitions[old]
 
     def add_metrics(self, record: dict) -> None:
         instance = record.get("instance")
@@ -71,11 +99,33 @@ class Board:
             del self.metrics[instance]
 
 
+def well_formed(record: dict) -> bool:
+    """A partition record of ours, with the types ``add_up`` relies on: a foreign or corrupt
+    record must not break the page."""
+    return (record.get("schema") == PARTITION_SCHEMA_ID and record.get("kind") in (LOGINS, DEVICES)
+            and type(record.get("group_id")) is str and type(record.get("topic")) is str
+            and type(record.get("partition")) is int
+            and type(record.get("updated_epoch_s")) in (int, float)
+            and all(type(record.get(name, 0)) is int for name in FIGURES)
+            and all(_counts(record.get(name, {})) for name in COUNTS)
+            and all(_entries(record.get(name, []), *fields) for name, fields in _TOP_ENTRIES.items()))
+
+
+def _counts(counts) -> bool:
+    return type(counts) is dict and all(type(n) is int for n in counts.values())
+
+
+def _entries(entries, name: str, count: str) -> bool:
+    return type(entries) is list and all(
+        type(e) is dict and type(e.get(name)) is str and type(e.get(count)) is int for e in entries)
+
+
 @dataclass
 class View:
     status: str
     summary: dict | None  # the chosen snapshots added up; None before any
     instances: list[str]
+    partitions: int  # partition records whose state the summary adds up (0: the instances')
     metrics: list[dict]  # time-ordered, every chosen instance's
     recent: list[dict]
     error: str = ""
@@ -119,10 +169,35 @@ def combine(snapshots: list[dict]) -> dict:
     return combined
 
 
+def chosen_partitions(partitions: dict[tuple[str, str, int], dict], snapshots: list[dict]) -> list[dict]:
+    """The newest record of each partition of the chosen snapshots' groups: of the input topics
+    those snapshots read and of the group's repartition topic."""
+    topics: dict[str, set[str]] = {}
+    for snapshot in snapshots:
+        group = snapshot.get("group_id")
+        if type(group) is str:
+            topics.setdefault(group, {InternalTopics.of(group).repartition}).add(snapshot.get("input_topic"))
+    return [record for (group, topic, _), record in sorted(partitions.items())
+            if topic in topics.get(group, ())]
+
+
+def with_partition_state(summary: dict, snapshots: list[dict],
+                         partitions: dict[tuple[str, str, int], dict]) -> tuple[dict, int]:
+    """``summary`` with its state figures from the partition records, when every snapshot comes
+    from a pipeline that publishes them (it lists ``partitions``); and how many records counted."""
+    if not all("partitions" in s for s in snapshots):
+        return summary, 0
+    records = chosen_partitions(partitions, snapshots)
+    return {**summary, **add_up(records)}, len(records)
+
+
 def make_view(board: Board, group_id: str | None, now: float | None = None) -> View:
     now = time.time() if now is None else now
     instances = chosen_instances(board.summaries, group_id, now)
-    summary = combine([board.summaries[i] for i in instances]) if instances else None
+    snapshots = [board.summaries[i] for i in instances]
+    summary, partitions = combine(snapshots) if snapshots else None, 0
+    if summary is not None:
+        summary, partitions = with_partition_state(summary, snapshots, board.partitions)
     metrics = sorted((m for i in instances for m in board.metrics.get(i, ())),
                      key=lambda m: m.get("epoch_s", 0))
     if not board.connected:
@@ -131,4 +206,4 @@ def make_view(board: Board, group_id: str | None, now: float | None = None) -> V
         status = WAITING
     else:
         status = LIVE
-    return View(status, summary, instances, metrics, list(board.recent), board.error)
+    return View(status, summary, instances, partitions, metrics, list(board.recent), board.error)

@@ -1,4 +1,5 @@
-"""Kafka administration with kafka-python: create, describe and delete topics, read one record.
+"""Kafka administration with kafka-python: create, describe and delete topics, read one record,
+read a whole topic as it stands (the query command).
 
 Plain arguments in (topic names, partition counts, config dicts; a topic spec is anything with
 ``name``, ``partitions`` and ``configs`` attributes, as ``topics.TopicSpec`` has), plain values
@@ -8,7 +9,9 @@ functions: it takes a while to import, and callers such as ``dlq decrypt --file`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +24,10 @@ if TYPE_CHECKING:
 
 ADMIN_TIMEOUT_S = 8.0
 READ_TIMEOUT_S = 15.0
+# read_topic gives up after this long without progress: a big changelog may take minutes to read,
+# and that is fine as long as it moves; a partition whose leader is gone never would.
+STALL_TIMEOUT_S = 30.0
+PROGRESS_EVERY = 200_000  # records between progress lines of read_topic
 
 
 class TopicLike(Protocol):
@@ -93,7 +100,7 @@ def describe_partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
 def ensure_topics(bootstrap_servers: str, specs: Sequence[TopicLike], partitions: int,
                   replication_factor: int = 1) -> list[TopicResult]:
     """Create the topics that are missing; report the ones that exist."""
-    from kafka.errors import KafkaError
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     admin = admin_client(bootstrap_servers)
     try:
@@ -104,7 +111,11 @@ def ensure_topics(bootstrap_servers: str, specs: Sequence[TopicLike], partitions
             for s in specs if s.name not in existing
         }
         if missing:
-            admin.create_topics(missing, timeout_ms=10_000, wait_for_metadata=True)
+            try:
+                admin.create_topics(missing, timeout_ms=10_000, wait_for_metadata=True)
+            except TopicAlreadyExistsError:  # another process created them meanwhile: fine
+                existing.update(_partition_counts(admin, list(missing)))
+                missing = {name: spec for name, spec in missing.items() if name not in existing}
     except KafkaError as exc:
         raise UserError(f"topic creation failed: {exc}") from None
     finally:
@@ -187,3 +198,106 @@ def _poll_one(consumer: KafkaConsumer, tp: TopicPartition, timeout_s: float) -> 
         return records[0] if records else None
 
     return wait_until(first, timeout_s, interval_s=0)
+
+
+def read_topic(bootstrap_servers: str, topic: str, on_record: Callable[[ConsumerRecord], None],
+               timeout_s: float = STALL_TIMEOUT_S, progress_every: int = PROGRESS_EVERY) -> int:
+    """Call ``on_record`` with every record of ``topic`` (anything with ``partition``, ``key``,
+    ``value``), from the beginning of each partition up to its end offset as of this call, in
+    offset order per partition; return how many. Committed records only, no consumer group (no
+    offsets are committed, nothing joins a group). A one-line UserError when the broker does not
+    answer, the topic does not exist, or no progress is made for ``timeout_s`` seconds. A progress
+    line goes to stderr every ``progress_every`` records, so short reads print nothing."""
+    from kafka.errors import KafkaError
+
+    consumer = _reading_consumer(bootstrap_servers)
+    try:
+        starts, ends = _assign_from_beginning(consumer, topic)
+        return _read_until(consumer, topic, starts, ends, on_record, timeout_s, progress_every)
+    except KafkaError as exc:
+        raise UserError(f"reading {topic} failed: {exc}") from None
+    finally:
+        consumer.close()
+
+
+def _reading_consumer(bootstrap_servers: str) -> KafkaConsumer:
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    try:
+        # read_committed: what a transactional writer aborted is not state. No auto-creation: a
+        # mistyped group must not leave an empty, uncompacted topic behind. Earliest: should the
+        # log start move while we read, carry on from the new one (what was before it is gone).
+        return KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed", allow_auto_create_topics=False,
+                             auto_offset_reset="earliest", client_id="loginpipe-query",
+                             bootstrap_timeout_ms=5_000, request_timeout_ms=15_000, max_poll_records=10_000)
+    except (KafkaError, OSError) as exc:
+        raise _unreachable(bootstrap_servers, exc) from None
+
+
+def _assign_from_beginning(consumer: KafkaConsumer, topic: str
+                           ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """Assign the partitions of ``topic`` that hold records, each at its first offset; return the
+    first and the end offsets of those."""
+    from kafka import TopicPartition
+
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise UserError(f"topic {topic} does not exist")
+    every = [TopicPartition(topic, p) for p in sorted(partitions)]
+    # read_committed: the end offsets are the last stable ones, so an open transaction is not
+    # waited for.
+    firsts, ends = consumer.beginning_offsets(every), consumer.end_offsets(every)
+    starts = {tp: firsts[tp] for tp in every if ends[tp] > firsts[tp]}
+    consumer.assign(list(starts))
+    for tp, first in starts.items():
+        consumer.seek(tp, first)
+    return starts, {tp: ends[tp] for tp in starts}
+
+
+def _read_until(consumer: KafkaConsumer, topic: str, starts: dict[TopicPartition, int],
+                ends: dict[TopicPartition, int], on_record: Callable[[ConsumerRecord], None],
+                timeout_s: float, progress_every: int) -> int:
+    """Poll until every partition's position reaches its end. Positions, not record offsets,
+    decide: compaction leaves gaps and transaction markers are never returned as records."""
+    remaining = dict(ends)
+    read, next_report, at_most = 0, progress_every, sum(ends[tp] - starts[tp] for tp in ends)
+    moved_at, positions = time.monotonic(), dict(starts)
+    while remaining:
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            end = remaining.get(tp, -1)
+            for record in records:
+                if record.offset < end:  # later records are newer than the call: not ours
+                    on_record(record)
+                    read += 1
+        if _advance(consumer, remaining, positions):
+            moved_at = time.monotonic()
+        elif time.monotonic() - moved_at > timeout_s:
+            raise UserError(_stalled(topic, remaining, positions, timeout_s))
+        if read >= next_report:
+            print(f"{topic}: {read:,} of at most {at_most:,} records read", file=sys.stderr)
+            next_report = (read // progress_every + 1) * progress_every
+    return read
+
+
+def _advance(consumer: KafkaConsumer, remaining: dict[TopicPartition, int],
+             positions: dict[TopicPartition, int]) -> bool:
+    """Note each unfinished partition's position; pause (and forget) those that reached their
+    end, so their newer records are not fetched. True when any moved."""
+    moved = False
+    for tp in list(remaining):
+        position = consumer.position(tp)
+        moved = moved or position != positions[tp]
+        positions[tp] = position
+        if position >= remaining[tp]:
+            del remaining[tp]
+            consumer.pause(tp)
+    return moved
+
+
+def _stalled(topic: str, remaining: dict[TopicPartition, int], positions: dict[TopicPartition, int],
+             timeout_s: float) -> str:
+    behind = ", ".join(f"partition {tp.partition} at {positions[tp]} of {end}"
+                       for tp, end in sorted(remaining.items(), key=lambda item: item[0].partition))
+    return f"reading {topic} made no progress for {timeout_s:g}s ({behind}); is the broker healthy?"

@@ -11,7 +11,8 @@ from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from loginpipe.kafka.admin import describe_partitions
+from loginpipe.errors import UserError
+from loginpipe.kafka.admin import describe_partitions, ensure_topics
 from loginpipe.kafka.base import (
     ClientError,
     CommitRejected,
@@ -22,7 +23,10 @@ from loginpipe.kafka.base import (
 )
 from loginpipe.waiting import any_reachable
 
-FORCE_CLOSE_JOIN_S = 5.0  # a force-closed I/O thread ends within milliseconds; never wait longer
+FORCE_CLOSE_JOIN_S = 5.0
+# While this member rejoins its group, a poll waits this long at least (see _unstick_rejoin):
+# long enough for the other members to rejoin, short enough to notice a stop soon.
+REJOIN_POLL_MS = 3_000  # a force-closed I/O thread ends within milliseconds; never wait longer
 
 
 class KafkaPythonBackend:
@@ -71,8 +75,29 @@ class KafkaPythonBackend:
         except KafkaError as exc:
             raise ClientError(repr(exc)) from exc
 
+    def reader(self, config) -> KafkaPythonReader:
+        try:
+            return KafkaPythonReader(KafkaConsumer(
+                bootstrap_servers=config.bootstrap_servers,
+                group_id=None,
+                client_id="loginpipe-restore",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                fetch_max_wait_ms=100,
+                reconnect_backoff_max_ms=2_000,
+                bootstrap_timeout_ms=10_000,
+            ))
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
     def topic_partitions(self, bootstrap_servers: str, names: Sequence[str]) -> dict[str, int]:
         return describe_partitions(bootstrap_servers, list(names))
+
+    def create_topics(self, bootstrap_servers: str, specs: Sequence, partitions: int) -> None:
+        failed = [r.describe() for r in ensure_topics(bootstrap_servers, specs, partitions) if not r.ok]
+        if failed:
+            raise UserError("; ".join(failed))
 
     def reachable(self, bootstrap_servers: str) -> bool:
         return any_reachable(bootstrap_servers)
@@ -86,7 +111,7 @@ class KafkaPythonConsumer:
     def __init__(self, consumer: KafkaConsumer) -> None:
         self._consumer = consumer
 
-    def subscribe(self, topic: str, listener: RebalanceListener) -> None:
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         consumer = self._consumer
 
         class Rebalance(AsyncConsumerRebalanceListener):
@@ -106,7 +131,7 @@ class KafkaPythonConsumer:
             async def on_partitions_assigned(self, assigned):
                 listener.assigned([TopicPartition(*tp) for tp in assigned])
 
-        consumer.subscribe([topic], listener=Rebalance())
+        consumer.subscribe(list(topics), listener=Rebalance())
 
     def warm_up(self, topic: str) -> None:
         try:
@@ -115,10 +140,41 @@ class KafkaPythonConsumer:
             raise ClientError(repr(exc)) from exc
 
     def poll(self, timeout_ms: int, max_records: int) -> dict:
+        if self._rejoining():  # see _unstick_rejoin: wait for the join, or it is thrown away
+            timeout_ms = max(timeout_ms, REJOIN_POLL_MS)
         try:
-            return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:  # e.g. the broker went away mid-request
             raise ClientError(str(exc)) from exc
+        self._unstick_rejoin()
+        return polled
+
+    def _rejoining(self) -> bool:
+        return bool(getattr(getattr(self._consumer, "_coordinator", None), "rejoining", False))
+
+    def _unstick_rejoin(self) -> None:
+        """Work around two kafka-python 3.0.12 hangs around a rejoin that outlives a poll.
+
+        1. A join that completes while no poll awaits it is thrown away: the next poll sees the
+           task done and sends a new JoinGroup, which rebalances the whole group again, and so on
+           (members spin with no partitions). So while a rejoin is under way, ``poll`` waits up to
+           ``REJOIN_POLL_MS``, long enough for the other members to rejoin.
+        2. A leader whose rejoin was asked for only because its metadata changed (every new
+           leader's first assignment is taken before the topic's metadata arrives) ends up
+           ``rejoining`` with ``need_rejoin()`` False once the join finishes in the background: it
+           never completes the join, no assignment arrives, heartbeats stay off. Java's client
+           fixed the same in KAFKA-9815 by asking for the rejoin explicitly; so do we.
+
+        The flags are private, read defensively; both states are abnormal by definition (the
+        client clears ``rejoining`` and the rejoin request together when a join completes)."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None or not getattr(coordinator, "rejoining", False):
+            return
+        try:
+            if not coordinator.need_rejoin():
+                coordinator.request_rejoin()
+        except Exception:
+            return
 
     def commit(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
         try:
@@ -130,6 +186,9 @@ class KafkaPythonConsumer:
 
     def assignment(self) -> set:
         return self._consumer.assignment()
+
+    def seek(self, tp, offset: int) -> None:
+        self._consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
 
     def pause(self, partitions) -> None:
         self._consumer.pause(*_kafka_tps(partitions))
@@ -168,6 +227,43 @@ def _offsets(offsets: dict[TopicPartition, int]) -> dict:
             for tp, offset in offsets.items()}
 
 
+class KafkaPythonReader:
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    def assign(self, partitions) -> None:
+        """Partitions kept keep their position (kafka-python preserves it); new ones start at the
+        beginning."""
+        tps = _kafka_tps(partitions)
+        fresh = [tp for tp in tps if tp not in self._consumer.assignment()]
+        self._consumer.assign(tps)
+        if fresh:
+            self._consumer.seek_to_beginning(*fresh)
+
+    def end_offsets(self, partitions) -> dict:
+        try:
+            ends = self._consumer.end_offsets(_kafka_tps(partitions))
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+        return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict:
+        try:
+            return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            raise ClientError(str(exc)) from exc
+
+    def position(self, tp) -> int | None:
+        try:
+            return self._consumer.position(KafkaTopicPartition(tp.topic, tp.partition), timeout_ms=1000)
+        except KafkaError:
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(KafkaError):
+            self._consumer.close(autocommit=False, timeout_ms=1000)
+
+
 class KafkaPythonProducer:
     def __init__(self, producer: KafkaProducer) -> None:
         self._producer = producer
@@ -181,7 +277,7 @@ class KafkaPythonProducer:
         try:
             for r in records:  # the hot loop: one call per record, nothing else
                 futures.append(send(r.topic, value=r.value, key=r.key, headers=r.headers,
-                                    partition=r.partition))
+                                    partition=r.partition, timestamp_ms=r.timestamp_ms))
         except KafkaError as exc:
             failed = Failed(NotQueued(repr(exc)))
             futures.extend(failed for _ in range(len(records) - len(futures)))

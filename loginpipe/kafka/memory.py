@@ -74,14 +74,17 @@ class MemoryCluster:
             self.topics.setdefault(name, [[] for _ in range(partitions)])
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                partition: int | None = None, headers: list | None = None) -> Record:
+                partition: int | None = None, headers: list | None = None,
+                timestamp_ms: int | None = None) -> Record:
         """Append a record at once (test input, and acknowledged sends)."""
         with self.lock:
             partitions = self.topics[topic]
             if partition is None:
                 partition = hash(key) % len(partitions) if key is not None else 0
             log = partitions[partition]
-            record = Record(topic, partition, len(log), int(self.clock() * 1000), key, value, headers or [])
+            if timestamp_ms is None:
+                timestamp_ms = int(self.clock() * 1000)
+            record = Record(topic, partition, len(log), timestamp_ms, key, value, headers or [])
             log.append(record)
             self.changed.notify_all()
             return record
@@ -157,8 +160,8 @@ class MemoryCluster:
             member.target = set()
         if not self.assigning:
             return
-        for topic in {m.topic for m in members}:
-            subscribed = [m for m in members if m.topic == topic]
+        for topic in sorted({t for m in members for t in m.topics}):
+            subscribed = [m for m in members if topic in m.topics]
             for p in range(len(self.topics[topic])):
                 subscribed[p % len(subscribed)].target.add(TP(topic, p))
         self.changed.notify_all()
@@ -172,7 +175,7 @@ class MemoryConsumer:
         self.cluster = cluster
         self.group = group
         self.max_poll_records = max_poll_records
-        self.topic = ""
+        self.topics: tuple[str, ...] = ()
         self.listener: RebalanceListener | None = None
         self.target: set[TP] = set()  # what the group gave this member
         self.owned: set[TP] = set()  # what it holds now
@@ -181,9 +184,9 @@ class MemoryConsumer:
         self._joined = False
         self._told = False  # the listener heard of an assignment (an empty one counts)
 
-    def subscribe(self, topic: str, listener: RebalanceListener) -> None:
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         with self.cluster.lock:
-            self.topic, self.listener = topic, listener
+            self.topics, self.listener = tuple(topics), listener
             self.cluster._join(self.group, self)
             self._joined = True
 
@@ -267,6 +270,9 @@ class MemoryConsumer:
     def assignment(self) -> set:
         return set(self.owned)
 
+    def seek(self, tp, offset: int) -> None:
+        self.positions[TP(*tp)] = offset
+
     def pause(self, partitions: Sequence) -> None:
         self._paused |= {TP(*tp) for tp in partitions}
 
@@ -297,6 +303,46 @@ class MemoryConsumer:
             self.cluster._leave(self.group, self)
 
 
+class MemoryReader:
+    """Reads assigned partitions from their beginning, outside any group (restores)."""
+
+    def __init__(self, cluster: MemoryCluster) -> None:
+        self.cluster = cluster
+        self.positions: dict[TP, int] = {}
+        self.polls = 0
+
+    def assign(self, partitions: Sequence) -> None:
+        self.positions = {TP(*tp): self.positions.get(TP(*tp), 0) for tp in partitions}
+
+    def end_offsets(self, partitions: Sequence) -> dict:
+        if not self.cluster.available:
+            raise ClientError("broker unavailable")
+        with self.cluster.lock:
+            return {TP(*tp): len(self.cluster.topics[tp[0]][tp[1]]) for tp in partitions}
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict:
+        if not self.cluster.available:
+            raise ClientError("broker unavailable")
+        self.polls += 1
+        polled = {}
+        with self.cluster.lock:
+            for tp, start in self.positions.items():
+                batch = self.cluster.topics[tp.topic][tp.partition][start:start + max_records]
+                if batch:
+                    polled[tp] = batch
+                    self.positions[tp] = start + len(batch)
+                    max_records -= len(batch)
+                if max_records <= 0:
+                    break
+        return polled
+
+    def position(self, tp) -> int | None:
+        return self.positions.get(TP(*tp))
+
+    def close(self) -> None:
+        self.positions = {}
+
+
 class MemoryProducer:
     def __init__(self, cluster: MemoryCluster) -> None:
         self.cluster = cluster
@@ -308,7 +354,8 @@ class MemoryProducer:
         with cluster.lock:
             if self.closed or self.refuse:
                 return [Failed(NotQueued("producer closed" if self.closed else "refused"))] * len(records)
-            return [cluster._send((r.topic, r.value, r.key, r.partition, r.headers), self) for r in records]
+            return [cluster._send((r.topic, r.value, r.key, r.partition, r.headers, r.timestamp_ms), self)
+                    for r in records]
 
     def flush(self, timeout_s: float) -> None:
         cluster = self.cluster
@@ -349,6 +396,13 @@ class MemoryBackend:
         self.producers.append(MemoryProducer(self.cluster))
         self.cluster.producers_made += 1
         return self.producers[-1]
+
+    def reader(self, config) -> MemoryReader:
+        return MemoryReader(self.cluster)
+
+    def create_topics(self, bootstrap_servers: str, specs: Sequence, partitions: int) -> None:
+        for spec in specs:
+            self.cluster.create_topic(spec.name, spec.partitions or partitions)
 
     def topic_partitions(self, bootstrap_servers: str, names: Sequence[str]) -> dict[str, int]:
         if not self.cluster.available:

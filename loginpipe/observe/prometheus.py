@@ -28,7 +28,8 @@ class Exporter:
     def __init__(self, lag: Callable[[], float], tracked_users: Callable[[], float],
                  tracked_devices: Callable[[], float], in_flight: Callable[[], float] = lambda: 0,
                  not_writing: Callable[[], float] = lambda: 0,
-                 replacements: Callable[[], float] = lambda: 0) -> None:
+                 replacements: Callable[[], float] = lambda: 0,
+                 restoring: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
         self.registry = CollectorRegistry()
         r, ns = self.registry, NAMESPACE
         self.consumed = Counter("records_consumed", "Records read from the input topic whose outputs "
@@ -57,6 +58,9 @@ class Exporter:
               namespace=ns, registry=r).set_function(tracked_users)
         Gauge("state_tracked_devices", "Devices remembered for distinct-user counts.",
               namespace=ns, registry=r).set_function(tracked_devices)
+        Gauge("state_restore_records_remaining", "Changelog records still to apply before newly "
+              "assigned partitions are served (0 when no restore runs).",
+              namespace=ns, registry=r).set_function(lambda: max(0, restoring()[1] - restoring()[0]))
         for reason in FILTER_REASONS:  # every series exists from the start, at 0
             self.filtered.labels(reason)
         for reason in DEAD_LETTER_REASONS:

@@ -55,9 +55,11 @@ class Totals:
     reasons: Counter = field(default_factory=Counter)
     resent: int = 0
     risk_levels: Counter = field(default_factory=Counter)
+    published: int = 0  # processed records written by the device step (this process's)
 
     def add(self, result: BatchResult) -> None:
         self.consumed += result.consumed
+        self.published += result.published
         self.processed += result.processed
         self.filtered += result.filtered
         self.dead_lettered += result.dead_lettered
@@ -66,7 +68,7 @@ class Totals:
 
     def copy(self) -> Totals:
         return Totals(self.consumed, self.processed, self.filtered, self.dead_lettered,
-                      Counter(self.reasons), self.resent, Counter(self.risk_levels))
+                      Counter(self.reasons), self.resent, Counter(self.risk_levels), self.published)
 
 
 def weighted_percentile(samples: list[tuple[float, int]], q: float) -> float:
@@ -122,6 +124,8 @@ class Stats:
         self.read = 0  # records read, acknowledged or not
         self.not_writing_s = 0.0  # set by the supervisor: no acknowledgement for this long
         self.producer_replacements = 0  # set by the supervisor
+        # (changelog records applied, to apply) of the state restores under way: set by the app
+        self.restoring: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.started = clock()
         self.first_batch_at: float | None = None  # when the first batch arrived (before processing)
         self.last_record_at: float | None = None  # when the last batch was done
@@ -217,6 +221,8 @@ class Stats:
             "end_to_end_ms_p95": round(weighted_percentile(window.e2e, 0.95), 1),
             "end_to_end_ms_p99": round(weighted_percentile(window.e2e, 0.99), 1),
             "end_to_end_ms_max": round(max((ms for ms, _ in window.e2e), default=0.0), 1),
+            "restoring_records_done": self.restoring()[0],
+            "restoring_records_total": self.restoring()[1],
             "cpu_percent": cpu,
             "rss_bytes": rss,
             "system_memory_percent": mem,
@@ -249,6 +255,9 @@ class Stats:
                 f"in flight {self.read - t.consumed:,} | lag {self.lag():,}")
         if self.not_writing_s:
             line += f" | not writing for {self.not_writing_s:.0f}s"
+        restored, to_restore = self.restoring()
+        if to_restore:
+            line += f" | restoring state: {restored:,} of {to_restore:,} records"
         self._window = Window(now)
         return line
 

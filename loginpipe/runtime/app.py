@@ -33,8 +33,9 @@ from loginpipe.observe.publish import Publisher
 from loginpipe.observe.stats import Stats, Totals, format_summary
 from loginpipe.runtime.context import Context, Shutdown, Warner
 from loginpipe.runtime.delivery import Sender
-from loginpipe.runtime.shared import LockedAggregates
+from loginpipe.runtime.shared import SharedState
 from loginpipe.runtime.worker import CLOSE_GRACE_S, Worker
+from loginpipe.topics import InternalTopics
 
 HEALTH_EVERY_S = 5.0
 NOT_WRITING_AFTER_S = 10.0  # no acknowledgement for this long while outputs wait: say so
@@ -68,13 +69,15 @@ class Application:
         self.err = err or sys.stderr
         self.warn = Warner(self.err)
         self.shutdown = Shutdown(config.shutdown_timeout_s, on_begin=self._stop_sending_at)
-        self.state = LockedAggregates(max_tracked_keys=config.max_tracked_keys)
+        self.state = SharedState()
         routes = Routes(config.output_topic, config.dlq_topic, config.filtered_topic,
-                        privacy=config.privacy)  # keep_partition: _check_topics
+                        privacy=config.privacy, internal=InternalTopics.of(config.group_id))
+        # keep_partition and partitions: _check_topics
         filters = FilterRules(app_versions=config.app_versions, max_age_s=config.max_age_s)
         self.topology = Topology(routes, filters, config.max_future_skew_s)
         self.stats = Stats(config.stats_every, config.stats_interval_s, out=self.out,
                            enabled=not config.quiet, metrics=config.metrics_topic is not None)
+        self.stats.restoring = self.state.restore_progress
         self.failure: str | None = None
         self.sender: Sender | None = None
         self.publisher: Publisher | None = None
@@ -95,8 +98,9 @@ class Application:
         if install_signals:
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
+        share = max(1, self.config.max_tracked_keys // self.topology.routes.partitions)
         ctx = Context(self.config, self.backend, self.sender, self.state, self.topology, self.stats,
-                      self.shutdown, self.warn, self.acknowledge, self.fail, self.out, self.exporter)
+                      self.shutdown, self.warn, self.acknowledge, self.fail, share, self.out, self.exporter)
         workers = [Worker(i, ctx) for i in range(self.config.threads)]
         for worker in workers:
             worker.start()
@@ -236,7 +240,8 @@ class Application:
         return down_since
 
     def _check_topics(self) -> None:
-        """Fail fast, with one line, when the broker or a topic is missing."""
+        """Fail fast, with one line, when the broker or a topic is missing; create the group's own
+        topics (changelogs, repartition) when they are missing, as Kafka Streams does."""
         config = self.config
         names = [config.input_topic, config.output_topic, config.dlq_topic,
                  *filter(None, [config.filtered_topic, config.summary_topic, config.metrics_topic])]
@@ -245,16 +250,33 @@ class Application:
         if missing:
             raise UserError(f"topic(s) {', '.join(missing)} do not exist at {self.config.bootstrap_servers}; "
                             "create them with: python create_kafka_topic.py")
-        same = found[self.config.input_topic] == found[self.config.output_topic]
-        routes = dataclasses.replace(self.topology.routes, keep_partition=same)
+        partitions = found[config.input_topic]
+        self._ensure_internal_topics(partitions)
+        same = partitions == found[config.output_topic]
+        routes = dataclasses.replace(self.topology.routes, keep_partition=same, partitions=partitions)
         self.topology = dataclasses.replace(self.topology, routes=routes)
+
+    def _ensure_internal_topics(self, partitions: int) -> None:
+        """The changelogs and the repartition topic need the input's partition count: partition p
+        of each belongs with input partition p."""
+        config, internal = self.config, self.topology.routes.internal
+        specs = internal.specs()
+        self.backend.create_topics(config.bootstrap_servers, specs, partitions)
+        found = self.backend.topic_partitions(config.bootstrap_servers, [spec.name for spec in specs])
+        wrong = {name: n for name, n in found.items() if n != partitions}
+        if len(found) < len(specs) or wrong:
+            detail = ", ".join(f"{name} has {n}" for name, n in wrong.items()) or "some are missing"
+            raise UserError(f"the internal topics of group {config.group_id} must have {partitions} "
+                            f"partitions like {config.input_topic}: {detail} (delete them, or use "
+                            "another --group-id)")
 
     def _make_exporter(self) -> Exporter:
         state, stats = self.state, self.stats
-        exporter = Exporter(lag=stats.lag, tracked_users=lambda: len(state.ips_by_user),
-                            tracked_devices=lambda: len(state.users_by_device),
+        exporter = Exporter(lag=stats.lag, tracked_users=state.tracked_users,
+                            tracked_devices=state.tracked_devices,
                             in_flight=lambda: stats.in_flight, not_writing=lambda: stats.not_writing_s,
-                            replacements=lambda: stats.producer_replacements)
+                            replacements=lambda: stats.producer_replacements,
+                            restoring=state.restore_progress)
         exporter.serve(self.config.metrics_port)
         if not self.config.quiet:
             print(f"Prometheus metrics at http://localhost:{self.config.metrics_port}/metrics",
@@ -278,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     from loginpipe.config import pipeline_config
 
     config = pipeline_config(argv)
+    if config.processes > 1:
+        from loginpipe.runtime.processes import run_processes
+
+        return run_processes(config, argv)
     tune_gc()
     result = Application(config).run()
     return 1 if result.failed or result.unacknowledged else 0

@@ -20,7 +20,7 @@ from loginpipe.kafka.base import Backend
 from loginpipe.observe.prometheus import Exporter
 from loginpipe.observe.stats import Stats
 from loginpipe.runtime.delivery import Sender
-from loginpipe.runtime.shared import LockedAggregates
+from loginpipe.runtime.shared import SharedState
 
 
 class Warner:
@@ -67,12 +67,13 @@ class Context:
     config: PipelineConfig
     backend: Backend
     sender: Sender
-    state: LockedAggregates  # the aggregations, shared by the workers, locked once per batch
+    state: SharedState  # the process totals and the registry of partition states
     topology: Topology
     stats: Stats
     shutdown: Shutdown
     warn: Callable[[str], None]
     acknowledge: Callable[[object], None]  # a batch whose every output is acknowledged
     fail: Callable[[str], None]  # a worker hit a bug: stop everything
+    state_keys_per_partition: int  # each partition store's share of --max-tracked-keys
     out: TextIO = field(default_factory=lambda: sys.stdout)
     exporter: Exporter | None = None

@@ -1,8 +1,13 @@
 """One consumer in the group, on its own thread: poll, process the batch, send, checkpoint.
 
-Everything it shares with the other workers comes from the ``Context``; its own consumer and
-Checkpointer are its alone. While more outputs are unacknowledged than the in-flight limit it
-pauses its partitions and keeps polling (so the group still sees it), and it resumes at half.
+The consumer reads two topics: the input (the login step) and the group's repartition topic (the
+device step); the group spreads the partitions of both. Each partition's state is this worker's
+alone while it owns the partition: built from the changelog when the partition is assigned (the
+partition is paused meanwhile), dropped when it goes to another member.
+
+Everything it shares with the other workers comes from the ``Context``; its own consumer,
+Checkpointer and Restorer are its alone. While more outputs are unacknowledged than the in-flight
+limit it pauses its partitions and keeps polling (so the group still sees it), and it resumes at half.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ import time
 import traceback
 from collections.abc import Sequence
 
-from loginpipe.core.batch import process_batch
+from loginpipe.core.batch import BatchResult, process_devices, process_logins
 from loginpipe.kafka.base import ClientError, Consumer, TopicPartition
 from loginpipe.runtime.checkpoint import Checkpointer
 from loginpipe.runtime.context import Context
+from loginpipe.state.restore import Restorer
+from loginpipe.state.stores import DeviceState, LoginState
 
 POLL_TIMEOUT_MS = 200
+RESTORING_POLL_MS = 10  # while restoring: the restore's own read waits instead
 PAUSED_POLL_MS = 50  # while paused for backpressure: notice acknowledgements soon
 LAG_EVERY_S = 1.0
 # Stays well inside the session timeout: heartbeats wait while a revoked partition drains.
@@ -41,6 +49,10 @@ class Worker(threading.Thread):
         self.partitions = 0  # how many partitions this worker owns
         self.caught_up = False  # every owned partition acknowledged up to its high-water mark
         self.paused = False  # reading is paused: too much is unacknowledged
+        self._states: dict[TopicPartition, LoginState | DeviceState] = {}  # owned (or suspended)
+        self._suspended: set[TopicPartition] = set()  # revoked; kept if the next assignment returns them
+        self._restoring: set[TopicPartition] = set()  # paused until their state is rebuilt
+        self.restorer = Restorer(lambda: ctx.backend.reader(ctx.config), ctx.warn)
 
     def membership(self) -> str:
         return self._consumer.membership() if self._consumer else "no consumer yet"
@@ -66,21 +78,26 @@ class Worker(threading.Thread):
             consumer.warm_up(config.input_topic)
         except ClientError as exc:  # the broker went away since the start-up check: join anyway
             ctx.warn(f"{self.name}: no metadata yet ({exc})")
-        consumer.subscribe(config.input_topic, self)
+        consumer.subscribe([config.input_topic, ctx.topology.routes.internal.repartition], self)
         try:
             self._loop(consumer)
             self.checkpointer.commit_all(ctx.shutdown.deadline())
         finally:
             timeout_s = min(CLOSE_GRACE_S, max(0.5, ctx.shutdown.deadline() - time.monotonic()))
             consumer.close(timeout_s)
+            self.restorer.close()
+            ctx.state.restoring.pop(self.name, None)
 
     def _loop(self, consumer: Consumer) -> None:
         ctx, checkpointer = self.ctx, self.checkpointer
         max_records = ctx.config.max_poll_records
         while not ctx.shutdown.is_set():
+            if self.restorer.active:
+                self._restore_step(consumer)
             self._backpressure(consumer)
+            timeout_ms = RESTORING_POLL_MS if self.restorer.active else POLL_TIMEOUT_MS
             try:
-                polled = consumer.poll(PAUSED_POLL_MS if self.paused else POLL_TIMEOUT_MS, max_records)
+                polled = consumer.poll(PAUSED_POLL_MS if self.paused else timeout_ms, max_records)
             except ClientError as exc:  # e.g. the broker went away mid-request: wait, then go on
                 ctx.warn(f"poll failed ({exc}); retrying")
                 ctx.shutdown.event.wait(0.5)
@@ -102,22 +119,72 @@ class Worker(threading.Thread):
                           "unacknowledged; reading paused until half of them are")
         elif self.paused and checkpointer.below_resume:
             self.paused = False
-            consumer.resume(list(consumer.paused()))
+            consumer.resume([tp for tp in consumer.paused() if TopicPartition(*tp) not in self._restoring])
+
+    def _restore_step(self, consumer: Consumer) -> None:
+        """Apply one chunk of the changelogs; a partition whose state is complete starts serving."""
+        ready = self.restorer.step()
+        for tp in ready:
+            self._restoring.discard(tp)
+            self.ctx.state.adopt(tp, self._states[tp])
+        if ready and not self.paused:
+            consumer.resume(ready)
+        if self.restorer.active:
+            self.ctx.state.restoring[self.name] = self.restorer.progress()
+        else:
+            self.ctx.state.restoring.pop(self.name, None)
 
     # The RebalanceListener side (the client calls these, on whichever thread it uses).
 
     def assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        """``partitions`` is the whole assignment. States suspended by the revocation just before
+        and not returned are dropped; new partitions wait, paused, for their state's restore."""
+        owned = {TopicPartition(*tp) for tp in partitions}
         self.assigned_at = time.monotonic()
-        self.partitions = len(partitions)
+        self.partitions = len(owned)
         self.caught_up = False
         self._lag_at = 0.0  # measure soon
-        if self.paused and partitions:  # new partitions wait like the others
-            self._consumer.pause(list(partitions))
+        for tp in self._suspended - owned:
+            self._drop(tp)
+        self._suspended.clear()
+        fresh = sorted(owned - self._states.keys())
+        for tp in fresh:
+            self._restore(tp)
+        if fresh:
+            self._consumer.pause(fresh)
+        if self.paused and owned:  # new partitions wait like the others
+            self._consumer.pause(sorted(owned))
+
+    def _restore(self, tp: TopicPartition) -> None:
+        ctx = self.ctx
+        internal, share = ctx.topology.routes.internal, ctx.state_keys_per_partition
+        if tp.topic == ctx.config.input_topic:
+            state: LoginState | DeviceState = LoginState(tp.partition, share)
+            changelog = TopicPartition(internal.changelog, tp.partition)
+        else:
+            state = DeviceState(tp.partition, share)
+            changelog = TopicPartition(internal.device_changelog, tp.partition)
+        self._states[tp] = state
+        self._restoring.add(tp)
+        self.restorer.add(changelog, tp, state)
+
+    def _drop(self, tp: TopicPartition) -> None:
+        self._states.pop(tp, None)
+        self._restoring.discard(tp)
+        self.ctx.state.drop(tp)
 
     def revoking(self, partitions: Sequence[TopicPartition]) -> dict:
-        """Before partitions go to another member: deliver what is in flight; commit it."""
+        """Before partitions go to another member: deliver what is in flight; commit it. Their
+        states are suspended: kept if the assignment that follows gives them back (Kafka's eager
+        protocol revokes everything at every rebalance), dropped otherwise."""
         checkpointer = self.checkpointer
         self._revoking = list(partitions)
+        revoked = {TopicPartition(*tp) for tp in partitions}
+        unfinished = revoked & self._restoring
+        self.restorer.cancel(unfinished)
+        for tp in unfinished:  # half restored: of no use to anyone
+            self._drop(tp)
+        self._suspended |= revoked & self._states.keys()
         if not self.ctx.shutdown.is_set():  # when stopping, commit_all has drained already
             checkpointer.drain(min(time.monotonic() + REVOKE_DRAIN_S, self.ctx.shutdown.deadline()))
         return checkpointer.committable()
@@ -133,23 +200,49 @@ class Worker(threading.Thread):
             self._start_offsets.pop(tp, None)
 
     def _handle(self, polled: dict) -> None:
+        """Run each partition's records through its step; send every output (changelog records
+        included) as one checkpointed batch."""
         ctx = self.ctx
         started = time.perf_counter()
-        records = [record for batch in polled.values() for record in batch]
-        offsets = {}
+        now_s = time.time()
+        result, offsets, repartitioned, read = BatchResult(), {}, [], 0
         for tp, batch in polled.items():
+            state = self._states.get(TopicPartition(*tp))
+            if state is None or tp in self._restoring:
+                self._not_ready(tp, batch[0].offset, state is None)
+                continue
             offsets[tp] = batch[-1].offset + 1
             self._start_offsets.setdefault(tp, batch[0].offset)
-        result = process_batch(records, ctx.state, ctx.topology, time.time())
-        self.checkpointer.send(offsets, result.outputs, result, result.consumed)
+            read += len(batch)
+            if isinstance(state, LoginState):
+                step = process_logins(batch, state, ctx.state.count, ctx.topology, now_s)
+            else:
+                step = process_devices(batch, state, ctx.topology, now_s)
+                repartitioned.extend(batch)
+            result.absorb(step)
+        self.checkpointer.send(offsets, result.outputs, result, read)
         if ctx.config.show_messages:
             self._show(result.outputs)
         done_ms = time.time() * 1000
-        step = max(1, len(records) // E2E_SAMPLES_PER_BATCH)
+        # End to end is measured where records are published: the repartition records carry the
+        # input record's timestamp.
+        step_n = max(1, len(repartitioned) // E2E_SAMPLES_PER_BATCH)
         elapsed = time.perf_counter() - started
-        ctx.stats.record(result, elapsed, [done_ms - r.timestamp for r in records[::step]], step)
+        ctx.stats.record(result, elapsed, [done_ms - r.timestamp for r in repartitioned[::step_n]], step_n)
         if ctx.exporter:
             ctx.exporter.record(result, elapsed)
+
+    def _not_ready(self, tp, offset: int, unknown: bool) -> None:
+        """Records of a partition whose state is not ready: read them again once it is. The pause
+        should have kept them back; when the client did not say the partition was assigned,
+        restore it now rather than read it again and again."""
+        tp = TopicPartition(*tp)
+        if unknown:
+            self.ctx.warn(f"{self.name}: records of {tp.topic}[{tp.partition}] arrived without an "
+                          "assignment notice; restoring its state first")
+            self._restore(tp)
+        self._consumer.pause([tp])
+        self._consumer.seek(tp, offset)
 
     def _show(self, outputs) -> None:
         topic = self.ctx.topology.routes.output_topic
@@ -178,3 +271,4 @@ class Worker(threading.Thread):
             lag += max(0, highwater - position)
         self.caught_up = known and lag == 0
         self.ctx.stats.set_lag(self.name, lag)
+

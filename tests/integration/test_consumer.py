@@ -26,6 +26,7 @@ from loginpipe.core.records import (
 from loginpipe.kafka.admin import delete_topics
 from loginpipe.local.broker import LocalBroker, free_port
 from loginpipe.local.generator import GOOD, Generated
+from loginpipe.state.stores import DEFAULT_MAX_VALUES_PER_KEY
 from loginpipe.waiting import wait_until
 from tests.helpers import (
     committed_offsets,
@@ -140,8 +141,8 @@ def test_drain_accounts_for_every_record_and_aggregates_are_right(bootstrap: str
         max_users[v["device_id"]] = max(max_users[v["device_id"]], v["users_on_device"])
         assert v["multi_ip_user"] == (v["distinct_ips_for_user"] > 1)
         assert v["shared_device"] == (v["users_on_device"] > 1)
-    assert dict(max_ips) == {u: min(len(s), 32) for u, s in ips.items()}  # 32: the saturation cap
-    assert dict(max_users) == {d: min(len(s), 32) for d, s in users.items()}
+    assert dict(max_ips) == {u: min(len(s), DEFAULT_MAX_VALUES_PER_KEY) for u, s in ips.items()}
+    assert dict(max_users) == {d: min(len(s), DEFAULT_MAX_VALUES_PER_KEY) for d, s in users.items()}
     assert max(v["total_logins_for_version"] for v in values) == max(by_version.values())
 
 

@@ -1,5 +1,6 @@
 """Issue 6 against a real broker and a real browser: the dashboard shows the pipeline's own
-totals, survives a broker stop and start, and the Prometheus endpoint counts what the run did."""
+totals, from one process or several (the state from its partitions' records, each counted once),
+survives a broker stop and start, and the Prometheus endpoint counts what the run did."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from loginpipe.topics import TopicSpec
 from loginpipe.waiting import wait_until
 from tests.helpers import (
     ROOT,
+    SUMMARY,
     PipelineTopics,
     create_pipeline_topics,
     generated,
@@ -102,6 +104,17 @@ def number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+STATE_LINE = re.compile(r"multi-IP users: ([\d,]+)\s+shared devices: ([\d,]+)")
+
+
+def state_figures(text: str) -> dict[str, str]:
+    """The multi-IP users and shared devices of the last summary printed (as the page shows them)."""
+    matches = STATE_LINE.findall(text)
+    assert matches, text[-2000:]
+    users, devices = matches[-1]
+    return {"multi-IP users": users, "shared devices": devices}
+
+
 def test_dashboard_shows_the_pipelines_own_totals(bootstrap: str, topic_name, tmp_path: Path, reaper,
                                                   browser) -> None:
     topics = create_pipeline_topics(bootstrap, topic_name)
@@ -130,11 +143,43 @@ def test_dashboard_shows_the_pipelines_own_totals(bootstrap: str, topic_name, tm
     assert figures, f"{shown(page)}\n{page_text(page)[:2000]}"
     assert (number(figures["consumed"]), number(figures["processed"]), number(figures["filtered"]),
             number(figures["dead-lettered"])) == (consumed, processed, filtered, dead)
+    state = state_figures(out.read_text())
+    assert {label: figures[label] for label in state} == state
     text = page_text(page)
+    assert "state of 8 partition(s)" in text  # 4 input partitions, 4 repartition partitions
     for heading in ("dead letters by reason", "device type", "app version", "region", "logins by US state",
                     "hour of day (UTC)", "daily", "multi-IP users", "shared devices", "risk levels",
                     "most recent processed records"):
         assert heading in text, heading
+    page.close()
+
+
+def test_dashboard_counts_each_partition_once_across_processes(bootstrap: str, topic_name, tmp_path: Path,
+                                                               reaper, browser) -> None:
+    """Two processes share the group's partitions, and the one that stops first hands its own to
+    the other: the page's state figures are still the group's, as read from the changelogs."""
+    topics = create_pipeline_topics(bootstrap, topic_name)
+    name = group()
+    page = browser.new_page(viewport={"width": 1500, "height": 3200})
+    page.goto(start_dashboard(reaper, bootstrap, topics, name, tmp_path))
+    proc, out, err = start_consumer(reaper, bootstrap, topics, name, tmp_path, "pipeline",
+                                    "--processes", "2", "--stop-when-idle", "4",
+                                    "--summary-interval", "1", "--metrics-interval", "1")
+    preload(bootstrap, topics.input, generated(4000, seed=42, bad_ratio=0.05), rate=1000)
+    assert proc.wait(timeout=180) == 0, err.read_text()
+    text = out.read_text()
+    group_summary = text[text.index("group summary"):]  # the parent's, from the changelogs
+    state = state_figures(group_summary)
+    consumed = sum(number(c) for c, *_ in SUMMARY.findall(text))  # each process's own summary
+
+    def final_figures() -> dict | None:
+        figures = shown(page)
+        ok = ("stopped" in page_text(page) and figures.get("consumed") == f"{consumed:,}"
+              and all(figures.get(label) == value for label, value in state.items()))
+        return figures if ok else None
+
+    assert wait_until(final_figures, 60), f"{state}, {consumed}: {shown(page)}\n{page_text(page)[:2000]}"
+    assert "2 pipeline instance(s), state of 8 partition(s)" in page_text(page)
     page.close()
 
 
@@ -246,7 +291,7 @@ def test_taken_ports_are_one_line_errors(bootstrap: str, topic_name) -> None:
         port = str(taken.getsockname()[1])
         dashboard = run_cli("-m", "loginpipe.dashboard", "--port", port)
         consumer = run_cli("create_kafka_consumer.py", "--bootstrap-servers", bootstrap, *topics.flags(),
-                           "--metrics-port", port, "--quiet")
+                           "--group-id", topic_name("group"), "--metrics-port", port, "--quiet")
     assert (dashboard.returncode, dashboard.stderr) == (1, f"error: port {port} is taken; choose another "
                                                             "with --port\n")
     assert consumer.returncode == 1

@@ -17,6 +17,7 @@ from loginpipe.core.events import REASONS as DEAD_LETTER_REASONS
 from loginpipe.core.filters import APP_VERSION, NOT_MOBILE, STALE
 from loginpipe.core.records import ENCRYPTED_HEADER, FILTER_REASON_HEADER
 from loginpipe.local.generator import GOOD, Generated
+from loginpipe.observe.summary import PARTITION_SCHEMA_ID, SCHEMA_ID, add_up
 from tests.helpers import (
     create_pipeline_topics,
     generated,
@@ -142,7 +143,13 @@ def test_filters_route_with_reasons_and_summaries_agree_with_the_accounting(boot
     sent = {r.value for r in records + stale}
     assert all(r.value in sent for r in filtered)  # the original bytes
 
-    snapshots = [orjson.loads(r.value) for r in read_topic(bootstrap, topics.summary, 2)]
+    values = [orjson.loads(r.value) for r in read_topic(bootstrap, topics.summary, 2)]
+    snapshots = [v for v in values if v["schema"] == SCHEMA_ID]  # the others: partition records
+    newest = {(v["topic"], v["partition"]): v for v in values if v["schema"] == PARTITION_SCHEMA_ID}
+    state = add_up(list(newest.values()))
+    assert sum(state["by_device_type"].values()) == t.processed
+    assert state["multi_ip_users"] == result.aggregates["multi_ip_users"]
+    assert state["shared_devices"] == result.aggregates["shared_devices"]
     assert len(snapshots) >= 2
     for snapshot in snapshots:
         totals = snapshot["totals"]

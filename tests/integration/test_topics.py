@@ -6,7 +6,7 @@ import pytest
 
 from loginpipe.kafka.admin import delete_topics, ensure_topics
 from loginpipe.local.broker import free_port
-from loginpipe.topics import TOPICS, TopicSpec
+from loginpipe.topics import DEFAULT_GROUP, TOPICS, InternalTopics, TopicSpec
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,8 @@ def test_cli_creates_every_pipeline_topic_twice(bootstrap: str) -> None:
     second = run_cli("create_kafka_topic.py", env={"BOOTSTRAP_SERVERS": bootstrap})
     assert second.returncode == 0, second.stderr
     lines = second.stdout.strip().splitlines()
-    assert [line.split(":")[0] for line in lines] == [spec.name for spec in TOPICS]
+    internal = InternalTopics.of(DEFAULT_GROUP).specs()  # the default group's own, created too
+    assert [line.split(":")[0] for line in lines] == [spec.name for spec in TOPICS + internal]
     assert all(": exists (" in line for line in lines), lines
 
 

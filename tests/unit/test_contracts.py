@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loginpipe.core import contracts, events
+from loginpipe.core.batch import LocalState as Aggregates
 from loginpipe.core.batch import Topology, process_batch
 from loginpipe.core.events import LoginEvent, RawRecord, parse_unguarded
 from loginpipe.core.privacy import Privacy
 from loginpipe.core.records import Routes
-from loginpipe.core.state import Aggregates
 from loginpipe.local.generator import EventGenerator
 from tests.helpers import ROOT
 

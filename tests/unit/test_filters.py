@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import orjson
 
+from loginpipe.core.batch import LocalState as Aggregates
 from loginpipe.core.batch import Topology, process_batch
 from loginpipe.core.events import RawRecord
 from loginpipe.core.filters import APP_VERSION, NOT_MOBILE, STALE, FilterRules, filter_reason
 from loginpipe.core.records import FILTER_REASON_HEADER, SOURCE_OFFSET_HEADER, Routes
-from loginpipe.core.state import Aggregates
 
 NOW = 1_800_000_000.0
 

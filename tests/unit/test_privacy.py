@@ -16,6 +16,7 @@ from loginpipe.cli import run_cli
 from loginpipe.config import privacy_from_environment
 from loginpipe.core import events
 from loginpipe.core.addresses import mask_ip
+from loginpipe.core.batch import LocalState as Aggregates
 from loginpipe.core.batch import Topology, process_batch
 from loginpipe.core.events import RawRecord, Rejection, parse_unguarded
 from loginpipe.core.privacy import (
@@ -35,7 +36,6 @@ from loginpipe.core.records import (
     Routes,
     dead_letter,
 )
-from loginpipe.core.state import Aggregates
 from loginpipe.errors import UserError
 from loginpipe.local.generator import EventGenerator
 

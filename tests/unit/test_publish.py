@@ -1,17 +1,26 @@
-"""When the summary and metrics snapshots are published (a recording producer, no broker)."""
+"""When the summary and metrics snapshots and the partition records are published (a recording
+producer, no broker)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import orjson
 
 from loginpipe.config import PipelineConfig
 from loginpipe.core.batch import BatchResult
-from loginpipe.core.state import Aggregates
-from loginpipe.kafka.base import ClientError, Failed, NotQueued
+from loginpipe.kafka.base import ClientError, Failed, NotQueued, TopicPartition
 from loginpipe.kafka.memory import Delivery
-from loginpipe.observe.publish import Publisher
+from loginpipe.observe.publish import REPUBLISH_S, Publisher
 from loginpipe.observe.stats import Stats
+from loginpipe.observe.summary import PARTITION_SCHEMA_ID, SCHEMA_ID
 from loginpipe.runtime.delivery import Sender
+from loginpipe.runtime.shared import SharedState
+from loginpipe.state.stores import DeviceState, LoginState
+from loginpipe.topics import InternalTopics
+
+REP = InternalTopics.of("g").repartition
+EVERY_PARTITION = [f"g/{REP}/0", "g/in/0", "g/in/1"]  # in the publisher's order (by topic name)
 
 
 class Recorder:
@@ -35,14 +44,15 @@ class Recorder:
 
 
 def make(config: PipelineConfig, producer: Recorder, now: list[float],
-         more: list[Recorder] | None = None) -> tuple[Publisher, Stats, list]:
+         more: list[Recorder] | None = None,
+         state: SharedState | None = None) -> tuple[Publisher, Stats, list]:
     """A Publisher over ``producer``; a replacement producer comes from ``more``."""
     warnings: list[str] = []
     stats = Stats(enabled=False, metrics=True, clock=lambda: now[0])
     producers = iter([producer, *(more or [])])
     sender = Sender(lambda: next(producers), warnings.append, clock=lambda: now[0])
-    publisher = Publisher(config, Aggregates(), stats, sender, warnings.append, clock=lambda: now[0],
-                          wall_clock=lambda: 1_800_000_000 + now[0])
+    publisher = Publisher(config, state or SharedState(), stats, sender, warnings.append,
+                          clock=lambda: now[0], wall_clock=lambda: 1_800_000_000 + now[0])
     return publisher, stats, warnings
 
 
@@ -115,3 +125,92 @@ def test_a_newer_summary_supersedes_an_unacknowledged_one() -> None:
     publisher.publish_summary()
     publisher.publish_summary(final=True)
     assert publisher.pending == 1 and len(producer.sent) == 2
+
+
+# Partition records.
+
+PARTITIONED = PipelineConfig(summary_topic="s", metrics_topic=None, group_id="g", input_topic="in")
+
+
+def served() -> tuple[SharedState, LoginState, DeviceState]:
+    """A process serving input partitions 0 and 1 and repartition partition 0."""
+    state, logins, devices = SharedState(), LoginState(0), DeviceState(0)
+    state.adopt(TopicPartition("in", 0), logins)
+    state.adopt(TopicPartition("in", 1), LoginState(1))
+    state.adopt(TopicPartition(REP, 0), devices)
+    return state, logins, devices
+
+
+def count(state: SharedState, logins: LoginState, offset: int, user: str = "u1") -> None:
+    event = SimpleNamespace(app_version="2.3.0", locale="NY", user_id=user, ip=f"10.0.0.{offset}",
+                            epoch_s=1_800_000_000)
+    state.count(logins, [(offset, event, "ios")])
+
+
+def keys(producer: Recorder) -> list[str]:
+    """What was sent since the last call, by key."""
+    sent = [key.decode() for _, key, _ in producer.sent]
+    producer.sent.clear()
+    return sent
+
+
+def test_partition_records_go_with_the_summary_when_their_state_changed() -> None:
+    now, producer = [0.0], Recorder()
+    state, logins, devices = served()
+    publisher, _, _ = make(PARTITIONED, producer, now, state=state)
+    count(state, logins, 0)
+    publisher.publish_summary()
+    instance = publisher.instance
+    assert keys(producer) == [*EVERY_PARTITION, instance]  # the instance snapshot last
+    count(state, logins, 1)
+    publisher.publish_summary()
+    assert keys(producer) == ["g/in/0", instance]
+    devices.count([(0, "kiosk", "u1"), (1, "kiosk", "u2")])
+    publisher.publish_summary()
+    assert keys(producer) == [f"g/{REP}/0", instance]
+    publisher.publish_summary()
+    assert keys(producer) == [instance]
+    now[0] = REPUBLISH_S  # unchanged for an hour: published again, ahead of the topic's retention
+    publisher.publish_summary()
+    assert keys(producer) == [*EVERY_PARTITION, instance]
+    publisher.publish_summary(final=True)
+    assert keys(producer) == [*EVERY_PARTITION, instance]
+
+
+def test_partition_record_fields() -> None:
+    now, producer = [0.0], Recorder()
+    state, logins, devices = served()
+    publisher, _, _ = make(PARTITIONED, producer, now, state=state)
+    count(state, logins, 0)
+    count(state, logins, 1)
+    devices.count([(0, "kiosk", "u1"), (1, "kiosk", "u2")])
+    publisher.publish_summary()
+    device, login, _, summary = (value for _, _, value in producer.sent)
+    assert login == {
+        "schema": PARTITION_SCHEMA_ID, "group_id": "g", "topic": "in", "partition": 0,
+        "published_by": publisher.instance, "updated_at": "2027-01-15T08:00:00Z",
+        "updated_epoch_s": 1_800_000_000, "kind": "logins", "events": 2,
+        "by_app_version": {"2.3.0": 2}, "by_locale": {"NY": 2}, "by_device_type": {"ios": 2},
+        "by_epoch_hour": {"500000": 2}, "multi_ip_users": 1, "tracked_users": 1,
+        "forgotten_users": 0, "capped_users": 0,
+        "top_multi_ip_users": [{"user_id": "u1", "distinct_ips": 2}]}
+    assert device["kind"] == "devices" and device["topic"] == REP
+    assert (device["shared_devices"], device["tracked_devices"]) == (1, 1)
+    assert device["top_shared_devices"] == [{"device_id": "kiosk", "users": 2}]
+    assert summary["schema"] == SCHEMA_ID and summary["partitions"] == {REP: [0], "in": [0, 1]}
+
+
+def test_a_newer_partition_record_supersedes_a_waiting_one_and_none_is_resent_once_it_left() -> None:
+    now, producer = [0.0], Recorder(fail=True)
+    state, logins, _ = served()
+    publisher, _, _ = make(PARTITIONED, producer, now, state=state)
+    count(state, logins, 0)
+    publisher.publish_summary()
+    count(state, logins, 1)
+    publisher.publish_summary()
+    assert publisher.pending == 4  # one per key
+    state.drop(TopicPartition("in", 1))  # a rebalance gave it to another process, which publishes it
+    producer.fail = False
+    publisher.settle()
+    assert keys(producer) == [f"g/{REP}/0", "g/in/0", publisher.instance] and publisher.pending == 3
+    assert publisher.published["partition"] == 4  # 3, then the one that changed

@@ -39,10 +39,11 @@ def feed(cluster: MemoryCluster, n: int, seed: int = 1) -> None:
 class Running:
     """An Application on the in-memory cluster, run on a thread of the test's."""
 
-    def __init__(self, cluster: MemoryCluster, stuck_after_s: float = 15.0, **settings) -> None:
-        self.backend = MemoryBackend(cluster)
-        config = PipelineConfig(bootstrap_servers="memory", quiet=True, summary_topic=None,
-                                metrics_topic=None, **settings)
+    def __init__(self, cluster: MemoryCluster, stuck_after_s: float = 15.0,
+                 backend: MemoryBackend | None = None, **settings) -> None:
+        self.backend = backend or MemoryBackend(cluster)
+        settings = {"summary_topic": None, "metrics_topic": None, **settings}
+        config = PipelineConfig(bootstrap_servers="memory", quiet=True, **settings)
         self.out, self.err = io.StringIO(), io.StringIO()
         self.app = Application(config, out=self.out, err=self.err, backend=self.backend,
                                health_every_s=0.1, stuck_after_s=stuck_after_s)
