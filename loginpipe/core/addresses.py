@@ -54,4 +54,3 @@ def mask_ip(ip: str) -> str:
         return ip[:ip.rindex(".")] + ".0"
     packed = socket.inet_pton(socket.AF_INET6, ip)
     return socket.inet_ntop(socket.AF_INET6, packed[:8] + _IPV6_ZERO_HOST)
-
