@@ -101,7 +101,8 @@ class DistinctValues:
     """Distinct values per key (IPs per user, users per device), bounded as the module says.
 
     A key with one value maps to that value (most keys have one); with more, to a set. Changes
-    since the last ``take_changes`` are kept by key, with the input offset of the last one.
+    since the changelog last took them (``changelog.py``) are kept by key, with the input offset
+    of the last one.
     """
 
     def __init__(self, max_keys: int = DEFAULT_MAX_TRACKED_KEYS,
@@ -114,7 +115,7 @@ class DistinctValues:
         self.capped = 0  # keys at max_values (their count means "at least")
         self.forgotten = 0  # keys dropped with an old generation
         self.changed: dict[str, int] = {}  # key -> input offset of its last change
-        self.dropped: list[str] = []  # keys forgotten since the last take_changes (tombstones)
+        self.dropped: list[str] = []  # keys forgotten since the changelog last took them
 
     def add(self, key: str, value: str, offset: int) -> int:
         """Record ``value`` for ``key``; return how many distinct values the key has."""
@@ -279,7 +280,7 @@ class LoginState:
         self.ips_by_user = DistinctValues(max_keys, max_values)
         self.top_multi_ip_users = Leaders()
         self.replayed_until = NO_OFFSET  # records at or below it may have been counted already
-        self.changed_counts: list[tuple[str, object]] = []  # (count name, label) since take_changes
+        self.changed_counts: list[tuple[str, object]] = []  # (count name, label) not yet in the changelog
 
     @property
     def events(self) -> int:
