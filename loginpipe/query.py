@@ -22,7 +22,7 @@ from loginpipe.cli import EnvArgumentParser, add_bootstrap_argument, positive_fl
 from loginpipe.errors import UserError
 from loginpipe.kafka.admin import STALL_TIMEOUT_S, describe_partitions, read_topic
 from loginpipe.state.changelog import finish_restore, restore_device, restore_login
-from loginpipe.state.stores import DeviceState, DistinctValues, LoginState
+from loginpipe.state.stores import DeviceState, DistinctValues, LoginState, stable_key
 from loginpipe.state.view import detailed_counts, summarize, totals_of
 from loginpipe.topics import DEFAULT_GROUP, InternalTopics
 
@@ -126,10 +126,10 @@ def _distinct(stores: Iterable[DistinctValues], key: str) -> tuple[int, bool]:
     """How many distinct values ``key`` has, and whether a store holds it at its cap. Every store
     is asked, and the values united: a key lives in one partition unless the topic gained
     partitions, and then the union is still exact."""
-    values: set[str] = set()
+    values: set = set()
     capped = False
     for store in stores:
-        held = store.values(key)
+        held = store.values(stable_key(key))
         values.update(held)
         capped = capped or len(held) >= store.max_values
     return len(values), capped

@@ -236,9 +236,9 @@ def _memory_section(mem: dict) -> list[str]:
     if per:
         low, high = per["between_users"]
         lines += ["", f"Bytes per distinct user, RSS added between {low:,} and {high:,} users: both stores "
-                      f"{_num(per['both'])} (the login store alone {_num(per['login'])}: user id, IPs; the "
-                      f"device store alone {_num(per['device'])}: device id, user ids, each its own copy "
-                      "as the device step decodes it)."]
+                      f"{_num(per['both'])} (the login store alone {_num(per['login'])}: the user's key "
+                      f"and IPs; the device store alone {_num(per['device'])}: the device's key and its "
+                      "users' keys)."]
     return lines
 
 

@@ -109,6 +109,7 @@ class Publisher:
                               now=self.wall_clock(), final=final, privacy=config.privacy,
                               partitions=served)
         self._send(config.summary_topic, self._key, value, "summary")
+        self._put_waiting()
         self._summary_at, self._summary_processed = self.clock(), totals.processed
 
     def _publish_partitions(self, final: bool) -> dict[str, list[int]]:
@@ -147,6 +148,7 @@ class Publisher:
         value = {"schema": "pipeline-metrics/v1", "instance": self.instance, "group_id": config.group_id,
                  "time": iso(now), "epoch_s": round(now, 3), **self.stats.metrics()}
         self._send(config.metrics_topic, self._key, value, "metrics")
+        self._put_waiting()
         self._metrics_at = self.clock()
 
     @property
@@ -161,6 +163,9 @@ class Publisher:
         keep = []
         for snap in self._pending:
             future = snap.future
+            if future is None:  # not handed over yet
+                keep.append(snap)
+                continue
             if future.succeeded():
                 continue
             failed = future.failed()
@@ -169,9 +174,10 @@ class Publisher:
             if failed or snap.generation != self.sender.generation:
                 if not self._serves(snap):
                     continue
-                self._put(snap)
+                snap.future = None  # sent again below
             keep.append(snap)
         self._pending = keep
+        self._put_waiting()
 
     def _serves(self, snap: _Snapshot) -> bool:
         state = self.state  # dict membership: no lock needed
@@ -191,13 +197,17 @@ class Publisher:
         elif sum(s.kind == kind for s in self._pending) >= MAX_PENDING_SNAPSHOTS:
             self.warn(f"{kind} snapshot not taken: {MAX_PENDING_SNAPSHOTS} earlier ones wait for the broker")
             return
-        snap = _Snapshot(kind, topic, key, orjson.dumps(value), tp)
-        self._put(snap)
-        self._pending.append(snap)
+        self._pending.append(_Snapshot(kind, topic, key, orjson.dumps(value), tp))
         self.published[kind] += 1
 
-    def _put(self, snap: _Snapshot) -> None:
-        """Hand a snapshot to the current producer (a refusal to queue fails its future: retried)."""
-        snap.generation = self.sender.generation
-        record = OutputRecord(snap.topic, snap.key, snap.value)
-        snap.future = self.sender.send_all([record])[0]
+    def _put_waiting(self) -> None:
+        """Hand every snapshot not yet handed over to the current producer, in one call: while the
+        broker is away the first one waits for metadata (up to 5 s) and the rest fail at once, so
+        this main-thread step never blocks longer than that (a refusal to queue is retried)."""
+        waiting = [snap for snap in self._pending if snap.future is None]
+        if not waiting:
+            return
+        generation = self.sender.generation
+        futures = self.sender.send_all([OutputRecord(s.topic, s.key, s.value) for s in waiting])
+        for snap, future in zip(waiting, futures, strict=True):
+            snap.generation, snap.future = generation, future

@@ -9,14 +9,17 @@ and the key itself, so compaction keeps the newest value of each:
     key                     value (JSON)                          meaning
     c<n>:<label>            [count, offset]                       a count of store <n>: v app version,
                                                                   l locale, t device type, h epoch hour
-    u:<user_id>             [offset, ip, ...]                     the user's distinct IPs
-    d:<device_id>           [offset, user_id, ...]                the device's distinct users
+    u:<user key>            [offset, name, ip, ...]               the user's distinct IPs
+    d:<device key>          [offset, name, user key, ...]         the device's distinct users
     u:... or d:...          null (a tombstone)                    forgotten by the memory bound
     n:forgotten             [keys forgotten so far]               in this partition's store
 
 ``offset`` is the input (or repartition) offset the value reflects: every record of the
-partition at or below it is in it. Values only grow until a tombstone, so reading them back
-merges (the larger count, the union of values) and the order records arrive in does not matter.
+partition at or below it is in it. Keys are the stores' numbers (``stores.stable_key``) in hex,
+IPs and user keys numbers (``stores.ip_value``, ``stable_key``): no id or IP in clear, except
+``name``, the user or device id of a key with more than one value (the top lists show it; else
+""). Values only grow until a tombstone, so reading them back merges (the larger count, the
+union of values) and the order records arrive in does not matter.
 """
 
 from __future__ import annotations
@@ -59,29 +62,41 @@ def _distinct_changes(store: DistinctValues, prefix: bytes, topic: str, partitio
     """Tombstones of the keys forgotten first (a key forgotten and seen again in one batch gets
     its tombstone, then its new value: a restore then does not bring the old values back), then
     the new values, then the count of keys forgotten so far."""
-    records = [OutputRecord(topic, prefix + key.encode(), None, None, partition) for key in store.dropped]
-    values = store.values
+    records = [OutputRecord(topic, _key(prefix, key), None, None, partition) for key in store.dropped]
+    values, names = store.values, store.names
     for key, offset in store.changed.items():
-        records.append(OutputRecord(topic, prefix + key.encode(), orjson.dumps([offset, *values(key)]),
-                                    None, partition))
+        value = orjson.dumps([offset, names.get(key, ""), *values(key)])
+        records.append(OutputRecord(topic, _key(prefix, key), value, None, partition))
     if store.dropped:
         records.append(OutputRecord(topic, FORGOTTEN_KEY, orjson.dumps([store.forgotten]), None, partition))
-    store.changed, store.dropped = {}, []
+    store.changed, store.dropped, store.names = {}, [], {}
     return records
 
 
+def _key(prefix: bytes, key: int) -> bytes:
+    return prefix + format(key, "x").encode()
+
+
 def restore_login(state: LoginState, key: bytes, value: bytes | None) -> None:
-    """Apply one record of the aggregates changelog to ``state`` (restore, query)."""
+    """Apply one record of the aggregates changelog to ``state`` (restore, query); a record that
+    is not ours (malformed, or a newer version's) is skipped rather than fail a restore."""
+    try:
+        _restore_login(state, key, value)
+    except (ValueError, TypeError):
+        return
+
+
+def _restore_login(state: LoginState, key: bytes, value: bytes | None) -> None:
     if key == FORGOTTEN_KEY:
         _restore_forgotten(state.ips_by_user, value)
         return
     if key.startswith(USER_PREFIX):
-        user = key[2:].decode()
+        user = int(key[2:], 16)
         if value is None:
             state.ips_by_user.forget(user)
             return
-        offset, *ips = _decode(value)
-        state.ips_by_user.merge(user, ips)
+        offset, name, *ips = _decode(value)
+        _merge(state.ips_by_user, user, name, ips)
         state.replayed_until = max(state.replayed_until, offset)
         return
     name = COUNT_NAMES.get(key[1]) if key[:1] == b"c" and key[2:3] == b":" else None
@@ -96,31 +111,45 @@ def restore_login(state: LoginState, key: bytes, value: bytes | None) -> None:
 
 
 def restore_device(state: DeviceState, key: bytes, value: bytes | None) -> None:
-    """Apply one record of the devices changelog to ``state``."""
+    """Apply one record of the devices changelog to ``state``; one not ours is skipped."""
+    try:
+        _restore_device(state, key, value)
+    except (ValueError, TypeError):
+        return
+
+
+def _restore_device(state: DeviceState, key: bytes, value: bytes | None) -> None:
     if key == FORGOTTEN_KEY:
         _restore_forgotten(state.users_by_device, value)
         return
     if not key.startswith(DEVICE_PREFIX):
         return
-    device = key[2:].decode()
+    device = int(key[2:], 16)
     if value is None:
         state.users_by_device.forget(device)
         return
-    _offset, *users = _decode(value)
-    state.users_by_device.merge(device, users)
+    _offset, name, *users = _decode(value)
+    _merge(state.users_by_device, device, name, users)
+
+
+def _merge(store: DistinctValues, key: int, name: str, values: list) -> None:
+    store.merge(key, values)
+    if name:
+        store.names[key] = name  # kept until finish_restore names the leaders
 
 
 def finish_restore(state: LoginState | DeviceState) -> None:
-    """After the last record: rebuild what is derived (the leaders), and start counting changes
-    afresh (restoring changed nothing that needs writing back)."""
+    """After the last record: rebuild what is derived (the leaders, by the names the changelog
+    gave), and start counting changes afresh (restoring changed nothing that needs writing back)."""
     if isinstance(state, LoginState):
         store, leaders = state.ips_by_user, state.top_multi_ip_users
     else:
         store, leaders = state.users_by_device, state.top_shared_devices
-    for key, values in store.items():
-        if len(values) > 1:
-            leaders.offer(key, len(values))
-    store.changed, store.dropped = {}, []
+    for key, name in store.names.items():
+        count = store.count(key)
+        if count > 1:
+            leaders.offer(name, count)
+    store.changed, store.dropped, store.names = {}, [], {}
 
 
 def _restore_forgotten(store: DistinctValues, value: bytes | None) -> None:

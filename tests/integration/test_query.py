@@ -82,7 +82,7 @@ def test_aborted_records_are_not_state(bootstrap: str, group: str) -> None:
     produce(bootstrap, run.changelog + run.device_changelog)
     changelog = InternalTopics.of(group).changelog
     bogus = [OutputRecord(changelog, key, orjson.dumps([10**6, 0]), None, p)
-             for p in range(PARTITIONS) for key in (b"cv:9.9.9", b"ct:ios", b"u:intruder")]
+             for p in range(PARTITIONS) for key in (b"cv:9.9.9", b"ct:ios", b"u:1ce1ce")]
     produce(bootstrap, bogus, transactional_id=f"{group}-tx", abort=True)
     result = run_query("--bootstrap-servers", bootstrap, "--group-id", group, "totals", "--json")
     assert result.returncode == 0, result.stderr

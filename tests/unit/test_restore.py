@@ -16,7 +16,7 @@ from loginpipe.runtime.app import RunResult
 from loginpipe.state import restore
 from loginpipe.state.changelog import apply_all
 from loginpipe.state.restore import Restorer
-from loginpipe.state.stores import COUNTS, DeviceState, LoginState
+from loginpipe.state.stores import COUNTS, DeviceState, LoginState, ip_value, stable_key
 from loginpipe.topics import InternalTopics
 from loginpipe.waiting import wait_until
 from tests.unit.test_worker import Running as WorkerRunning
@@ -46,7 +46,10 @@ CHANGELOG = "some-changelog"
 
 
 def user_record(cluster: MemoryCluster, partition: int, user: str, *ips: str, offset: int = 0) -> None:
-    cluster.produce(CHANGELOG, orjson.dumps([offset, *ips]), b"u:" + user.encode(), partition=partition)
+    """A changelog record of ``user``'s IPs, as changelog.py writes it (named when multi-IP)."""
+    value = [offset, user if len(ips) > 1 else "", *(ip_value(ip) for ip in ips)]
+    key = b"u:" + format(stable_key(user), "x").encode()
+    cluster.produce(CHANGELOG, orjson.dumps(value), key, partition=partition)
 
 
 @pytest.fixture
@@ -333,9 +336,9 @@ def random_logins(cluster: MemoryCluster, rng: random.Random, n: int, users: int
 def recomputed(events: list[dict]) -> dict:
     """The group's figures from the events, with plain dicts and sets."""
     ips, users = defaultdict(set), defaultdict(set)
-    for e in events:
-        ips[e["user"]].add(e["ip"])
-        users[e["device"]].add(e["user"])
+    for e in events:  # ids and IPs in the stores' numbers
+        ips[stable_key(e["user"])].add(ip_value(e["ip"]))
+        users[stable_key(e["device"])].add(stable_key(e["user"]))
     return {"versions": Counter(e["version"] for e in events),
             "locales": Counter(e["locale"] for e in events),
             "types": Counter(e["device_type"].lower() for e in events),
