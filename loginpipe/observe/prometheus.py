@@ -35,8 +35,10 @@ class Exporter:
         self.consumed = Counter("records_consumed", "Records read from the input topic whose outputs "
                                 "are acknowledged (the rest are in_flight_records).",
                                 namespace=ns, registry=r)
-        self.processed = Counter("records_processed", "Valid, kept events written to the output topic.",
-                                 namespace=ns, registry=r)
+        self.processed = Counter("records_processed", "Valid, kept events counted in the state and "
+                                 "passed on to the device step.", namespace=ns, registry=r)
+        self.published = Counter("records_published", "Processed records written to the output topic "
+                                 "by this process's device step.", namespace=ns, registry=r)
         self.filtered = Counter("records_filtered", "Valid events filtered out, by reason.", ["reason"],
                                 namespace=ns, registry=r)
         self.dead_lettered = Counter("records_dead_lettered", "Invalid records sent to the dead-letter "
@@ -76,6 +78,7 @@ class Exporter:
         """Count one batch whose outputs are all acknowledged."""
         self.consumed.inc(result.consumed)
         self.processed.inc(result.processed)
+        self.published.inc(result.published)
         for reason, n in result.reasons.items():
             family = self.dead_lettered if reason in DEAD_LETTER_REASONS else self.filtered
             family.labels(reason).inc(n)

@@ -194,12 +194,12 @@ class Stats:
             window, t = self._metrics or Window(now), self.totals
             if self._metrics:
                 self._metrics = Window(now)
-            totals = (t.consumed, t.processed, t.filtered, t.dead_lettered, t.resent)
+            totals = (t.consumed, t.processed, t.filtered, t.dead_lettered, t.resent, t.published)
             in_flight = self.read - t.consumed
         span = window.span(now)
         sizes = [n for _, n in window.proc]
         cpu, rss, mem = self.sampler.read()
-        consumed, processed, filtered, dead_lettered, resent = totals
+        consumed, processed, filtered, dead_lettered, resent, published = totals
         return {
             "interval_s": round(span, 3),
             "messages_per_second": round(window.consumed / span, 1),
@@ -207,6 +207,7 @@ class Stats:
             "processed_total": processed,
             "filtered_total": filtered,
             "dead_lettered_total": dead_lettered,
+            "published_total": published,
             "resent_total": resent,
             "in_flight": in_flight,
             "not_writing_s": round(self.not_writing_s, 1),
@@ -252,7 +253,7 @@ class Stats:
                 f"{overall:,.0f} avg | latency avg {proc_avg_ms:.2f} ms p99 {proc_p99_ms:.2f} ms, "
                 f"e2e p99 {e2e_p99:,.0f} ms | cpu {cpu:.0f}% rss {rss / 2**20:,.0f} MiB mem {mem:.0f}% | "
                 f"processed {t.processed:,} filtered {t.filtered:,} dlq {t.dead_lettered:,} "
-                f"in flight {self.read - t.consumed:,} | lag {self.lag():,}")
+                f"in flight {self.read - t.consumed:,} | published {t.published:,} | lag {self.lag():,}")
         if self.not_writing_s:
             line += f" | not writing for {self.not_writing_s:.0f}s"
         restored, to_restore = self.restoring()

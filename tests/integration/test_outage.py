@@ -43,7 +43,8 @@ SOAK_OUTAGE_S = float(os.environ.get("SOAK_OUTAGE_S", "60"))
 SOAK_EVENTS_PER_ROUND = 40_000  # five rounds: a 200k-event drain
 # The consumer's stated bound (README, "Broker trouble"): 1 worker, default in-flight limits.
 RSS_BOUND_MIB = 256
-STATS = re.compile(r"processed ([\d,]+) filtered ([\d,]+) dlq ([\d,]+) in flight")
+STATS = re.compile(r"processed ([\d,]+) filtered ([\d,]+) dlq ([\d,]+) in flight [\d,]+ "
+                   r"\| published ([\d,]+)")
 
 
 def group() -> str:
@@ -98,7 +99,7 @@ class Watcher:
         self.process = psutil.Process(proc.pid)
         self.out = out
         self.max_rss = 0
-        self.claims: list[tuple[float, int, int]] = []  # (seen at, epoch ms; processed; dead-lettered)
+        self.claims: list[tuple[float, int, int]] = []  # (seen at, epoch ms; published; dead-lettered)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -115,8 +116,8 @@ class Watcher:
             for line in lines[seen:]:
                 match = STATS.search(line)
                 if match:
-                    processed, _, dead = (int(g.replace(",", "")) for g in match.groups())
-                    self.claims.append((now_ms, processed, dead))
+                    _, _, dead, published = (int(g.replace(",", "")) for g in match.groups())
+                    self.claims.append((now_ms, published, dead))
             seen = len(lines)
 
     def stop(self) -> None:
@@ -247,12 +248,12 @@ def test_repeated_broker_kills_during_a_drain_lose_nothing_and_memory_stays_boun
 
     outputs, dead_letters = assert_nothing_lost(bootstrap, topics, err)
     assert watcher.max_rss < RSS_BOUND_MIB * 2**20, f"peak RSS {watcher.max_rss / 2**20:.0f} MiB"
-    # Never more processed than written: each claim against what had reached the topics by then.
+    # Never more published than written: each claim against what had reached the topics by then.
     written = first_written_at(outputs, output_position)
     dead_written = first_written_at(dead_letters, header_position)
     assert len(watcher.claims) > 50
-    for seen_ms, processed_claim, dead_claim in watcher.claims:
-        assert processed_claim <= bisect.bisect_right(written, seen_ms)
+    for seen_ms, published_claim, dead_claim in watcher.claims:
+        assert published_claim <= bisect.bisect_right(written, seen_ms)
         assert dead_claim <= bisect.bisect_right(dead_written, seen_ms)
     print(f"\npeak RSS {watcher.max_rss / 2**20:.0f} MiB over {SOAK_OUTAGES} outages of {SOAK_OUTAGE_S:g}s; "
           f"{consumed:,} consumed; replacements: {err.read_text().count('replacing it')}")
