@@ -278,7 +278,9 @@ class KafkaPythonProducer:
             for r in records:  # the hot loop: one call per record, nothing else
                 futures.append(send(r.topic, value=r.value, key=r.key, headers=r.headers,
                                     partition=r.partition, timestamp_ms=r.timestamp_ms))
-        except KafkaError as exc:
+        # RuntimeError: another thread closed this producer meanwhile (Sender.replace), and
+        # kafka-python's closed network loop refuses the send ("NetworkSelector closed!").
+        except (KafkaError, RuntimeError) as exc:
             failed = Failed(NotQueued(repr(exc)))
             futures.extend(failed for _ in range(len(records) - len(futures)))
         return futures
@@ -286,7 +288,7 @@ class KafkaPythonProducer:
     def flush(self, timeout_s: float) -> None:
         try:
             self._producer.flush(timeout=timeout_s)
-        except KafkaError as exc:
+        except (KafkaError, RuntimeError) as exc:  # RuntimeError: closed meanwhile (see send_batch)
             raise ClientError(repr(exc)) from exc
 
     def close(self, timeout_s: float) -> None:
