@@ -170,6 +170,22 @@ class MemoryCluster:
         return any(tp in m.owned for m in self._members.get(group, []) if m is not member)
 
 
+def _read(cluster: MemoryCluster, positions: dict[TP, int], partitions: list[TP], limit: int) -> dict:
+    """Up to ``limit`` records from ``partitions``, in order, each from its position (advanced);
+    the caller holds the cluster's lock."""
+    polled: dict[TP, list[Record]] = {}
+    for tp in partitions:
+        start = positions[tp]
+        batch = cluster.topics[tp.topic][tp.partition][start:start + limit]
+        if batch:
+            polled[tp] = batch
+            positions[tp] = start + len(batch)
+            limit -= len(batch)
+        if limit <= 0:
+            break
+    return polled
+
+
 class MemoryConsumer:
     def __init__(self, cluster: MemoryCluster, group: str, max_poll_records: int) -> None:
         self.cluster = cluster
@@ -240,18 +256,7 @@ class MemoryConsumer:
                 cluster.changed.wait(remaining)
 
     def _fetch(self, limit: int) -> dict:
-        polled: dict[TP, list[Record]] = {}
-        for tp in sorted(self.owned - self._paused):
-            log = self.cluster.topics[tp.topic][tp.partition]
-            start = self.positions[tp]
-            batch = log[start:start + limit]
-            if batch:
-                polled[tp] = batch
-                self.positions[tp] = start + len(batch)
-                limit -= len(batch)
-            if limit <= 0:
-                break
-        return polled
+        return _read(self.cluster, self.positions, sorted(self.owned - self._paused), limit)
 
     def commit(self, offsets: dict[TP, int], timeout_s: float) -> None:
         with self.cluster.lock:
@@ -324,17 +329,8 @@ class MemoryReader:
         if not self.cluster.available:
             raise ClientError("broker unavailable")
         self.polls += 1
-        polled = {}
         with self.cluster.lock:
-            for tp, start in self.positions.items():
-                batch = self.cluster.topics[tp.topic][tp.partition][start:start + max_records]
-                if batch:
-                    polled[tp] = batch
-                    self.positions[tp] = start + len(batch)
-                    max_records -= len(batch)
-                if max_records <= 0:
-                    break
-        return polled
+            return _read(self.cluster, self.positions, list(self.positions), max_records)
 
     def position(self, tp) -> int | None:
         return self.positions.get(TP(*tp))

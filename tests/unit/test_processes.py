@@ -221,16 +221,15 @@ def test_a_child_killed_by_the_stop_before_its_handler_counts_as_stopped() -> No
 
 
 def test_a_failing_child_stops_the_others_and_fails_the_command(tmp_path: Path) -> None:
-    # Child 1 fails once child 0 is ready (its handler in place): a file says so.
+    # Child 1 fails once child 0 is ready (its handler in place): they meet at a FIFO, whose
+    # opening blocks until both ends are open (the children's alarm bounds the wait).
     ready = tmp_path / "ready"
+    os.mkfifo(ready)
     code = STOPS_ON_SIGTERM.replace('print("ready", flush=True)', f"""print("ready", flush=True)
-import pathlib, time
 if i == 0:
-    pathlib.Path({str(ready)!r}).touch()
+    open({str(ready)!r}, "w").close()
 else:
-    deadline = time.monotonic() + 20
-    while not pathlib.Path({str(ready)!r}).exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    open({str(ready)!r}).read()
     print("last words", file=sys.stderr)
     sys.exit(3)""")
     exit_code, out, err = run(code)
