@@ -35,6 +35,8 @@ from loginpipe.topics import (
     SUMMARY_TOPIC,
 )
 
+AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -75,6 +77,13 @@ class PipelineConfig:
     max_in_flight: int = 20_000  # unacknowledged outputs per worker before it pauses its input
     max_in_flight_mib: int = 32  # or this many MiB of them
     group_instance_id: str | None = None  # static membership: restarts in place skip a rebalance
+    # exactly-once: each worker writes its outputs, state changes and input offsets in one Kafka
+    # transaction per checkpoint (README, "Processing guarantees")
+    processing_guarantee: str = AT_LEAST_ONCE
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == EXACTLY_ONCE
 
 
 def build_pipeline_parser() -> EnvArgumentParser:
@@ -133,6 +142,11 @@ def build_pipeline_parser() -> EnvArgumentParser:
         help="static group membership: a stable name per process (worker i adds '-i'); a restart "
              "in place gets its partitions back at once, but a stop leaves them idle for the session "
              "timeout (10 s); unset: dynamic membership")
+    add("--processing-guarantee", env="PROCESSING_GUARANTEE", type=processing_guarantee,
+        metavar="{at-least-once,exactly-once}", default=defaults.processing_guarantee,
+        help="at-least-once: a crash may repeat outputs (the faster); exactly-once: outputs, state "
+             "changes and offsets commit together in Kafka transactions (read outputs with "
+             "isolation.level=read_committed)")
     parser.add_argument("--quiet", action="store_true", help="no stats lines, only the final summary")
 
     add("--privacy", env="PRIVACY", type=flag, default=False, nargs="?", const=True,
@@ -159,6 +173,12 @@ def build_pipeline_parser() -> EnvArgumentParser:
     return parser
 
 
+def processing_guarantee(text: str) -> str:
+    if text not in (AT_LEAST_ONCE, EXACTLY_ONCE):
+        raise ValueError(text)
+    return text
+
+
 def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
     """Build the pipeline's settings from flags and environment."""
     args = build_pipeline_parser().parse_args(argv)
@@ -179,6 +199,7 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
         metrics_port=args.metrics_port, delivery_timeout_ms=args.delivery_timeout_ms,
         shutdown_timeout_s=args.shutdown_timeout, max_in_flight=args.max_in_flight,
         max_in_flight_mib=args.max_in_flight_mib, group_instance_id=args.group_instance_id or None,
+        processing_guarantee=args.processing_guarantee,
     )
 
 

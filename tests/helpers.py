@@ -23,9 +23,13 @@ from loginpipe.waiting import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:
-    """Every record of ``topic``, once at least ``expected`` are there (fails if they never are)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0,
+               isolation: str = "read_committed") -> list:
+    """Every record of ``topic``, once its end offsets add up to ``expected`` at least (fails if
+    they never do). read_committed, as every reader of the project: what an aborted transaction
+    wrote is left out (and transaction markers take offsets, so records may be fewer)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             isolation_level=isolation)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         assert partitions, f"topic {topic} has no partitions"
@@ -38,7 +42,8 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.
         while any(consumer.position(tp) < end for tp, end in ends.items()) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500, max_records=10_000).values():
                 records.extend(batch)
-        assert len(records) == sum(ends.values()), f"{topic}: read {len(records)} of {sum(ends.values())}"
+        behind = {tp: end for tp, end in ends.items() if consumer.position(tp) < end}
+        assert not behind, f"{topic}: not read to its end after {timeout_s}s: {behind}"
         return records
     finally:
         consumer.close()
@@ -50,7 +55,8 @@ def _ends_if_at_least(consumer: KafkaConsumer, partitions: list, expected: int) 
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    """The last stable offsets (read_committed): where a reader of committed data ends."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed")
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         return {tp.partition: off for tp, off in consumer.end_offsets(partitions).items()}
@@ -129,7 +135,9 @@ def run_pipeline(bootstrap: str, topics: PipelineTopics, group: str, idle_s: flo
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    # read_committed: waits while an open transaction holds the group's offsets (require_stable)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                             isolation_level="read_committed")
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         return {tp.partition: consumer.committed(tp) or 0 for tp in partitions}

@@ -110,6 +110,7 @@ class Feed:
     def _consumer(self) -> KafkaConsumer:
         return KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
                              enable_auto_commit=False, client_id="loginpipe-dashboard",
+                             isolation_level="read_committed",  # outputs may be transactional
                              reconnect_backoff_max_ms=2_000, request_timeout_ms=10_000,
                              bootstrap_timeout_ms=5_000)
 

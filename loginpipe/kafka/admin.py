@@ -159,8 +159,8 @@ def read_record(bootstrap: str, topic: str, partition: int, offset: int,
 
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                 client_id="loginpipe-dlq", bootstrap_timeout_ms=5_000,
-                                 request_timeout_ms=10_000, max_poll_records=1)
+                                 isolation_level="read_committed", client_id="loginpipe-dlq",
+                                 bootstrap_timeout_ms=5_000, request_timeout_ms=10_000, max_poll_records=1)
     except (KafkaError, OSError) as exc:
         raise _unreachable(bootstrap, exc) from None
     try:

@@ -100,6 +100,17 @@ class Consumer(Protocol):
 
     def position(self, tp, timeout_ms: int) -> int | None: ...
 
+    def group_metadata(self) -> object:
+        """This member's generation, for a transaction's offsets (the broker fences a stale one)."""
+        ...
+
+    def committed_offsets(self, partitions: Sequence[TopicPartition], timeout_s: float
+                          ) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets (None: none yet), once no open transaction holds them."""
+        ...
+
+    def seek_to_beginning(self, partitions: Sequence[TopicPartition]) -> None: ...
+
     def membership(self) -> str:
         """Where the member is in joining its group, in a few words (for a stuck-worker warning)."""
         ...
@@ -139,12 +150,30 @@ class Producer(Protocol):
         ...
 
 
+class TransactionalProducer(Producer, Protocol):
+    """One worker's own producer in exactly-once mode. After any ClientError the caller closes it
+    and makes a new one with the same transactional id: its ``init`` aborts the open transaction."""
+
+    def init(self, timeout_s: float) -> None:
+        """Register the transactional id (fencing an older producer of it); ClientError if the
+        broker does not answer in time."""
+        ...
+
+    def begin(self) -> None: ...
+
+    def commit(self, offsets: dict[TopicPartition, int], group_metadata: object, timeout_s: float) -> None:
+        """Add the input ``offsets`` to the open transaction and commit it, within ``timeout_s``."""
+        ...
+
+
 class Backend(Protocol):
     """Makes the clients: one consumer per worker, one shared producer, admin look-ups."""
 
     def consumer(self, config, index: int) -> Consumer: ...
 
     def producer(self, config) -> Producer: ...
+
+    def transactional_producer(self, config, transactional_id: str) -> TransactionalProducer: ...
 
     def reader(self, config) -> Reader: ...
 

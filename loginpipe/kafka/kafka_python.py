@@ -4,6 +4,7 @@ listeners on its IO thread, futures, a close that raises) turned into the seam's
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -27,6 +28,10 @@ FORCE_CLOSE_JOIN_S = 5.0
 # While this member rejoins its group, a poll waits this long at least (see _unstick_rejoin):
 # long enough for the other members to rejoin, short enough to notice a stop soon.
 REJOIN_POLL_MS = 3_000  # a force-closed I/O thread ends within milliseconds; never wait longer
+# Exactly-once: the broker aborts a transaction left open this long (a killed or frozen worker's),
+# so readers and the partitions' next owner wait at most this long for it. Well above a
+# checkpoint interval and a commit's duration (README, "Processing guarantees").
+TRANSACTION_TIMEOUT_MS = 15_000
 
 
 class KafkaPythonBackend:
@@ -50,6 +55,9 @@ class KafkaPythonBackend:
                 heartbeat_interval_ms=1_000,  # a rebalance is noticed at the next heartbeat
                 reconnect_backoff_max_ms=2_000,
                 bootstrap_timeout_ms=10_000,
+                # Exactly-once: read only committed transactions (of the repartition topic), and
+                # fetch committed offsets only once no transaction holds them (require_stable).
+                isolation_level="read_committed" if config.exactly_once else "read_uncommitted",
             ))
         except KafkaError as exc:
             raise ClientError(repr(exc)) from exc
@@ -75,6 +83,29 @@ class KafkaPythonBackend:
         except KafkaError as exc:
             raise ClientError(repr(exc)) from exc
 
+    def transactional_producer(self, config, transactional_id: str) -> KafkaPythonTransactions:
+        try:
+            return KafkaPythonTransactions(KafkaProducer(
+                bootstrap_servers=config.bootstrap_servers,
+                client_id=f"loginpipe-{transactional_id}",
+                transactional_id=transactional_id,
+                acks="all",
+                enable_idempotence=True,
+                compression_type="snappy",
+                linger_ms=config.linger_ms,
+                batch_size=config.batch_size,
+                # A transaction never outlives a broker outage half-sent: the broker aborts what
+                # stays open this long, and the worker starts again from the last commit.
+                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                delivery_timeout_ms=max(config.delivery_timeout_ms, TRANSACTION_TIMEOUT_MS),
+                request_timeout_ms=min(10_000, config.delivery_timeout_ms // 2),
+                max_block_ms=5_000,
+                reconnect_backoff_max_ms=2_000,
+                bootstrap_timeout_ms=10_000,
+            ))
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
     def reader(self, config) -> KafkaPythonReader:
         try:
             return KafkaPythonReader(KafkaConsumer(
@@ -82,6 +113,9 @@ class KafkaPythonBackend:
                 group_id=None,
                 client_id="loginpipe-restore",
                 enable_auto_commit=False,
+                # what an aborted transaction wrote is not state (and without transactions this
+                # reads the same records)
+                isolation_level="read_committed",
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=4 * 1024 * 1024,
                 fetch_max_wait_ms=100,
@@ -217,6 +251,21 @@ class KafkaPythonConsumer:
             return "no group coordinator found yet"
         return f"coordinator found, member {str(getattr(coordinator, 'state', '?')).lower()}"
 
+    def group_metadata(self) -> object:
+        return self._consumer.group_metadata()
+
+    def committed_offsets(self, partitions, timeout_s: float) -> dict:
+        """The group's committed offsets (None: none yet); waits while a transaction holds them."""
+        try:
+            return {tp: self._consumer.committed(KafkaTopicPartition(tp.topic, tp.partition),
+                                                 timeout_ms=int(timeout_s * 1000))
+                    for tp in partitions}
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
+    def seek_to_beginning(self, partitions) -> None:
+        self._consumer.seek_to_beginning(*_kafka_tps(partitions))
+
     def close(self, timeout_s: float) -> None:
         with contextlib.suppress(KafkaError):
             self._consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
@@ -307,3 +356,37 @@ class KafkaPythonProducer:
             sender.join(FORCE_CLOSE_JOIN_S)
         with contextlib.suppress(KafkaError):
             producer.close(timeout=0)
+
+
+class KafkaPythonTransactions(KafkaPythonProducer):
+    """A transactional producer: kafka-python's transaction calls with deadlines (its own wait
+    for ever), every failure a ClientError. The caller never retries a failed transaction on the
+    same producer: it closes it and makes a new one, whose ``init`` aborts what was left open."""
+
+    def init(self, timeout_s: float) -> None:
+        try:
+            self._producer.init_transactions()  # waits up to max_block_ms, then may be called again
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
+    def begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaError as exc:
+            raise ClientError(repr(exc)) from exc
+
+    def commit(self, offsets: dict, group_metadata: object, timeout_s: float) -> None:
+        """Add ``offsets`` to the open transaction and commit it; ClientError when it fails or
+        does not finish within ``timeout_s`` (its outcome is then the broker's to decide)."""
+        manager, deadline = self._producer._transaction_manager, time.monotonic() + timeout_s
+        try:
+            if offsets:
+                self._wait(manager.send_offsets_to_transaction(_offsets(offsets), group_metadata), deadline)
+            self._wait(manager.begin_commit(), deadline)
+        except (KafkaError, RuntimeError) as exc:  # RuntimeError: closed meanwhile (see send_batch)
+            raise ClientError(repr(exc)) from exc
+
+    def _wait(self, result, deadline: float) -> None:
+        self._producer._sender.wakeup()
+        if not result.wait(timeout_ms=max(1, int((deadline - time.monotonic()) * 1000))):
+            raise ClientError("the transaction did not complete in time")

@@ -6,8 +6,11 @@ shutdown run against it in milliseconds, with no broker.
 What it models: partitions as lists, offsets, committed offsets per group, a group that splits
 partitions evenly among its members and hands a partition over only after its old owner's
 ``revoking``/``handed_over`` ran (as Kafka's eager protocol does), pause/resume, high-water
-marks. What it does not: replication, compression, transactions, timestamps other than the
-producer's clock, the wire protocol.
+marks, and transactions: a transactional producer's records reach the topics only when its
+transaction commits, with its offsets, after the checks the broker makes (a newer producer of
+the same id fences it; offsets of partitions the member no longer owns are refused), so every
+reader here is a read_committed one. What it does not: replication, compression, timestamps
+other than the producer's clock, the wire protocol.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ class MemoryCluster:
         self.assigning = True  # False: groups hand out no partitions (a coordinator never found)
         self.holding = False  # True: sends wait for ``release`` (acknowledgements are late)
         self.producers_made = 0
+        self.epochs: dict[str, int] = {}  # transactional id -> the newest producer's epoch
+        self.fail_commits = 0  # the next this many transaction commits fail (a test's switch)
+        self.transactions_committed = 0
         self._pending: list[Delivery] = []
         self._members: dict[str, list[MemoryConsumer]] = {}
         self.lock = threading.RLock()
@@ -294,6 +300,19 @@ class MemoryConsumer:
     def position(self, tp, timeout_ms: int) -> int | None:
         return self.positions.get(TP(*tp))
 
+    def group_metadata(self) -> object:
+        return self  # a commit's offsets are checked against what this member owns then
+
+    def committed_offsets(self, partitions, timeout_s: float) -> dict:
+        if not self.cluster.available:
+            raise ClientError("coordinator unavailable")
+        with self.cluster.lock:
+            return {TP(*tp): self.cluster.committed.get((self.group, TP(*tp))) for tp in partitions}
+
+    def seek_to_beginning(self, partitions) -> None:
+        for tp in partitions:
+            self.positions[TP(*tp)] = 0
+
     def membership(self) -> str:
         return "joined" if self.cluster.assigning else "no group coordinator found yet"
 
@@ -375,6 +394,67 @@ class MemoryProducer:
             cluster.changed.notify_all()
 
 
+class MemoryTransactions(MemoryProducer):
+    """A transactional producer: sends wait in the open transaction, invisible until it commits."""
+
+    def __init__(self, cluster: MemoryCluster, transactional_id: str) -> None:
+        super().__init__(cluster)
+        self.transactional_id = transactional_id
+        self.epoch = -1
+        self._open = False
+        self._buffer: list[tuple] = []
+
+    def init(self, timeout_s: float) -> None:
+        cluster = self.cluster
+        with cluster.lock:
+            if not cluster.available:
+                raise ClientError("coordinator unavailable")
+            self.epoch = cluster.epochs.get(self.transactional_id, -1) + 1
+            cluster.epochs[self.transactional_id] = self.epoch  # fences older producers of the id
+
+    def begin(self) -> None:
+        if self.epoch < 0:
+            raise ClientError("init first")
+        self._open, self._buffer = True, []
+
+    def send_batch(self, records: Sequence) -> list:
+        if self.closed or self.refuse or not self._open:
+            return [Failed(NotQueued("not in a transaction"))] * len(records)
+        deliveries = []
+        for r in records:
+            self._buffer.append((r.topic, r.value, r.key, r.partition, r.headers, r.timestamp_ms))
+            delivery = Delivery(self._buffer[-1], self)
+            delivery.is_done = True
+            deliveries.append(delivery)
+        return deliveries
+
+    def flush(self, timeout_s: float) -> None:
+        pass
+
+    def commit(self, offsets: dict, group_metadata: object, timeout_s: float) -> None:
+        cluster = self.cluster
+        with cluster.lock:
+            if not cluster.available:
+                raise ClientError("coordinator unavailable")
+            if self.closed or cluster.epochs.get(self.transactional_id) != self.epoch:
+                raise ClientError("ProducerFencedError")
+            member = group_metadata
+            if offsets and not set(offsets) <= member.owned:
+                raise ClientError("CommitFailedError: the group has moved on")
+            if cluster.fail_commits > 0:
+                cluster.fail_commits -= 1
+                raise ClientError("injected commit failure")
+            for record in self._buffer:
+                cluster.produce(*record)
+            for tp, offset in offsets.items():
+                cluster.committed[(member.group, TP(*tp))] = offset
+            cluster.transactions_committed += 1
+            self._open, self._buffer = False, []
+
+    def close(self, timeout_s: float) -> None:
+        self.closed, self._open, self._buffer = True, False, []  # what was open is aborted
+
+
 class MemoryBackend:
     """Clients on one MemoryCluster. ``fail_producer_creation`` makes new producers fail to start."""
 
@@ -392,6 +472,14 @@ class MemoryBackend:
         self.producers.append(MemoryProducer(self.cluster))
         self.cluster.producers_made += 1
         return self.producers[-1]
+
+    def transactional_producer(self, config, transactional_id: str) -> MemoryTransactions:
+        if self.fail_producer_creation or not self.cluster.available:
+            raise ClientError("unable to bootstrap")
+        producer = MemoryTransactions(self.cluster, transactional_id)
+        self.producers.append(producer)
+        self.cluster.producers_made += 1
+        return producer
 
     def reader(self, config) -> MemoryReader:
         return MemoryReader(self.cluster)

@@ -48,6 +48,13 @@ class Exporter:
                                        namespace=ns, registry=r, buckets=BATCH_SECONDS_BUCKETS)
         self.batch_size = Histogram("batch_size_records", "Records per polled batch.",
                                     namespace=ns, registry=r, buckets=BATCH_SIZE_BUCKETS)
+        self.transactions = Counter("transactions", "Exactly-once transactions, by outcome "
+                                    "(committed, aborted).", ["outcome"], namespace=ns, registry=r)
+        self.transaction_records = Counter("transaction_records", "Outputs written in committed "
+                                           "transactions.", namespace=ns, registry=r)
+        self.transaction_seconds = Histogram("transaction_commit_seconds", "Time to commit a "
+                                             "transaction (offsets added, outputs flushed, committed).",
+                                             namespace=ns, registry=r, buckets=BATCH_SECONDS_BUCKETS)
         Gauge("consumer_lag_records", "Records behind the input partitions' high-water marks.",
               namespace=ns, registry=r).set_function(lag)
         Gauge("in_flight_records", "Records read whose outputs the broker has not acknowledged yet.",
@@ -67,6 +74,8 @@ class Exporter:
             self.filtered.labels(reason)
         for reason in DEAD_LETTER_REASONS:
             self.dead_lettered.labels(reason)
+        for outcome in ("committed", "aborted"):
+            self.transactions.labels(outcome)
         self._server = None
 
     def record(self, result: BatchResult, processing_s: float) -> None:
@@ -82,6 +91,12 @@ class Exporter:
         for reason, n in result.reasons.items():
             family = self.dead_lettered if reason in DEAD_LETTER_REASONS else self.filtered
             family.labels(reason).inc(n)
+
+    def transaction(self, committed: bool, records: int, seconds: float) -> None:
+        self.transactions.labels("committed" if committed else "aborted").inc()
+        if committed:
+            self.transaction_records.inc(records)
+            self.transaction_seconds.observe(seconds)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Serve /metrics on ``port`` in a daemon thread; a taken port is a UserError."""

@@ -34,6 +34,7 @@ from loginpipe.observe.stats import Stats, Totals, format_summary
 from loginpipe.runtime.context import Context, Shutdown, Warner
 from loginpipe.runtime.delivery import Sender
 from loginpipe.runtime.shared import SharedState
+from loginpipe.runtime.transactions import transactional_prefix
 from loginpipe.runtime.worker import CLOSE_GRACE_S, Worker
 from loginpipe.topics import InternalTopics
 
@@ -100,7 +101,9 @@ class Application:
             signal.signal(signal.SIGTERM, self._on_signal)
         share = max(1, self.config.max_tracked_keys // self.topology.routes.partitions)
         ctx = Context(self.config, self.backend, self.sender, self.state, self.topology, self.stats,
-                      self.shutdown, self.warn, self.acknowledge, self.fail, share, self.out, self.exporter)
+                      self.shutdown, self.warn, self.acknowledge, self.fail, share, self.out, self.exporter,
+                      transactional_prefix(self.config.group_id, self.config.group_instance_id),
+                      self.transaction)
         workers = [Worker(i, ctx) for i in range(self.config.threads)]
         for worker in workers:
             worker.start()
@@ -154,6 +157,12 @@ class Application:
         self.stats.acknowledge(result)
         if self.exporter:
             self.exporter.acknowledge(result)
+
+    def transaction(self, committed: bool, records: int, seconds: float) -> None:
+        """A worker's transaction ended (exactly-once)."""
+        self.stats.transaction(committed, records, seconds)
+        if self.exporter:
+            self.exporter.transaction(committed, records, seconds)
 
     def fail(self, description: str) -> None:
         """A worker hit a bug: report it and stop everything (outputs so far are still committed)."""

@@ -77,3 +77,5 @@ class Context:
     state_keys_per_partition: int  # each partition store's share of --max-tracked-keys
     out: TextIO = field(default_factory=lambda: sys.stdout)
     exporter: Exporter | None = None
+    transactional_prefix: str = ""  # exactly-once: worker i's transactional id is "<prefix>-<i>"
+    transaction: Callable[[bool, int, float], None] = lambda committed, records, seconds: None

@@ -73,8 +73,8 @@ CHILD_CODE = ("import sys; from loginpipe.runtime.processes import die_with_pare
 
 # Options the parent sets per child through their environment twins (flags would win over them),
 # each with its shortest abbreviation argparse accepts: one letter less is also a prefix of another
-# flag (--privacy, --group-id, --metrics-topic), which argparse rejects as ambiguous.
-PER_CHILD_OPTIONS = {"--processes": "--pro", "--group-instance-id": "--group-in",
+# flag (--processing-guarantee, --group-id, --metrics-topic), which argparse rejects as ambiguous.
+PER_CHILD_OPTIONS = {"--processes": "--processe", "--group-instance-id": "--group-in",
                      "--metrics-port": "--metrics-p"}
 
 Summary = Callable[[str, str], Mapping[str, Any]]

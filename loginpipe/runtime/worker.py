@@ -21,6 +21,7 @@ from loginpipe.core.batch import BatchResult, process_devices, process_logins
 from loginpipe.kafka.base import ClientError, Consumer, TopicPartition
 from loginpipe.runtime.checkpoint import Checkpointer
 from loginpipe.runtime.context import Context
+from loginpipe.runtime.transactions import Transactions
 from loginpipe.state.restore import Restorer
 from loginpipe.state.stores import DeviceState, LoginState
 
@@ -39,7 +40,8 @@ class Worker(threading.Thread):
         super().__init__(name=f"worker-{index}", daemon=True)
         self.index = index
         self.ctx = ctx
-        self.checkpointer: Checkpointer | None = None
+        self.checkpointer: Checkpointer | Transactions | None = None
+        self._rollback = False  # exactly-once: a transaction aborted; state and positions go back
         self._consumer: Consumer | None = None
         self._start_offsets: dict = {}  # first offset read per partition since its assignment
         self._revoking: list[TopicPartition] = []
@@ -70,10 +72,18 @@ class Worker(threading.Thread):
     def _run(self) -> None:
         ctx, config = self.ctx, self.ctx.config
         consumer = self._consumer = ctx.backend.consumer(config, self.index)
-        self.checkpointer = Checkpointer(
-            consumer, ctx.sender, config.commit_every_records, config.commit_interval_ms / 1000,
-            ctx.warn, on_acked=ctx.acknowledge, on_resend=ctx.stats.count_resend,
-            max_records=config.max_in_flight, max_bytes=config.max_in_flight_mib * 2**20)
+        if config.exactly_once:
+            transactional_id = f"{ctx.transactional_prefix}-{self.index}"
+            self.checkpointer = Transactions(
+                consumer, lambda: ctx.backend.transactional_producer(config, transactional_id),
+                config.commit_every_records, config.commit_interval_ms / 1000, ctx.warn,
+                on_committed=ctx.acknowledge, on_rollback=self._rolled_back,
+                on_transaction=ctx.transaction, max_records=config.max_in_flight)
+        else:
+            self.checkpointer = Checkpointer(
+                consumer, ctx.sender, config.commit_every_records, config.commit_interval_ms / 1000,
+                ctx.warn, on_acked=ctx.acknowledge, on_resend=ctx.stats.count_resend,
+                max_records=config.max_in_flight, max_bytes=config.max_in_flight_mib * 2**20)
         try:
             consumer.warm_up(config.input_topic)
         except ClientError as exc:  # the broker went away since the start-up check: join anyway
@@ -84,6 +94,8 @@ class Worker(threading.Thread):
             self.checkpointer.commit_all(ctx.shutdown.deadline())
         finally:
             timeout_s = min(CLOSE_GRACE_S, max(0.5, ctx.shutdown.deadline() - time.monotonic()))
+            if isinstance(self.checkpointer, Transactions):
+                self.checkpointer.abandon()  # committed already, or the broker aborts it
             consumer.close(timeout_s)
             self.restorer.close()
             ctx.state.restoring.pop(self.name, None)
@@ -91,7 +103,11 @@ class Worker(threading.Thread):
     def _loop(self, consumer: Consumer) -> None:
         ctx, checkpointer = self.ctx, self.checkpointer
         max_records = ctx.config.max_poll_records
+        exactly_once = isinstance(checkpointer, Transactions)
         while not ctx.shutdown.is_set():
+            if exactly_once and not (checkpointer.ready() and self._roll_back(consumer)):
+                ctx.shutdown.event.wait(0.5)  # the broker does not answer yet
+                continue
             if self.restorer.active:
                 self._restore_step(consumer)
             self._backpressure(consumer)
@@ -102,11 +118,47 @@ class Worker(threading.Thread):
                 ctx.warn(f"poll failed ({exc}); retrying")
                 ctx.shutdown.event.wait(0.5)
                 continue
+            if self._rollback:  # a commit in a rebalance aborted: these are read again
+                continue
             if polled:
                 self._handle(polled)
             checkpointer.collect()
             checkpointer.maybe_commit()
             self._update_lag(consumer)
+
+    def _rolled_back(self, consumed: int) -> None:
+        """A transaction aborted: its records are read again (``_roll_back`` at the next turn)."""
+        self._rollback = True
+        self.ctx.stats.unread(consumed)
+
+    def _roll_back(self, consumer: Consumer) -> bool:
+        """After an abort: every owned partition's state is rebuilt from its changelog and read
+        again from the committed offset. True when done (or not needed); False while the broker
+        cannot say where the group's offsets are."""
+        if not self._rollback:
+            return True
+        owned = sorted(TopicPartition(*tp) for tp in consumer.assignment())
+        try:
+            committed = consumer.committed_offsets(owned, 10.0)
+        except ClientError as exc:
+            self.ctx.warn(f"{self.name}: cannot read the committed offsets yet ({exc}); will retry")
+            return False
+        self.restorer.cancel(set(self._restoring))
+        for tp in list(self._states):
+            self._drop(tp)
+        self._suspended.clear()
+        self._start_offsets.clear()
+        for tp in owned:
+            self._restore(tp)
+            offset = committed.get(tp)
+            if offset is None:
+                consumer.seek_to_beginning([tp])
+            else:
+                consumer.seek(tp, offset)
+        if owned:
+            consumer.pause(owned)
+        self._rollback = False
+        return True
 
     def _backpressure(self, consumer: Consumer) -> None:
         """Pause every partition while too much is unacknowledged; resume at half. Polling goes on

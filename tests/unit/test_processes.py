@@ -107,8 +107,8 @@ def run(code: str, cfg: PipelineConfig | None = None, argv: list[str] | None = N
 @pytest.mark.parametrize("argv", [
     ["--processes", "4", "--threads", "2"],
     ["--threads", "2", "--processes=4"],
-    ["--proc", "4", "--threads", "2"],
-    ["--pro=4", "--threads", "2"],
+    ["--processe", "4", "--threads", "2"],
+    ["--processe=4", "--threads", "2"],
 ])
 def test_processes_is_removed_from_the_child_argv(argv: list[str]) -> None:
     assert child_argv(argv) == ["--threads", "2"]

@@ -38,3 +38,15 @@ def test_two_exporters_do_not_share_metrics() -> None:
     two = Exporter(lag=lambda: 0, tracked_users=lambda: 0, tracked_devices=lambda: 0)
     one.acknowledge(BatchResult(consumed=3))
     assert "loginpipe_records_consumed_total 0.0" in generate_latest(two.registry).decode()
+
+
+def test_transactions_by_outcome_with_their_size_and_commit_time() -> None:
+    exporter = Exporter(lag=lambda: 0, tracked_users=lambda: 0, tracked_devices=lambda: 0)
+    exporter.transaction(True, 400, 0.03)
+    exporter.transaction(True, 600, 0.05)
+    exporter.transaction(False, 999, 0.0)
+    text = generate_latest(exporter.registry).decode()
+    assert 'loginpipe_transactions_total{outcome="committed"} 2.0' in text
+    assert 'loginpipe_transactions_total{outcome="aborted"} 1.0' in text
+    assert "loginpipe_transaction_records_total 1000.0" in text  # committed ones only
+    assert "loginpipe_transaction_commit_seconds_count 2.0" in text

@@ -78,3 +78,32 @@ def test_end_to_end_samples_of_big_batches_weigh_more() -> None:
     stats.record(batch(2000), 0.05, [900.0] * 10, e2e_weight=200)  # a big, slow one, sampled
     metrics = stats.metrics()
     assert metrics["end_to_end_ms_p50"] == 900.0 and metrics["end_to_end_ms_max"] == 900.0
+
+
+def test_transactions_show_on_the_line_the_summary_and_the_metrics() -> None:
+    out = io.StringIO()
+    stats = Stats(stats_every=100, out=out, sampler=FixedSampler(), metrics=True)
+    stats.transaction(True, 300, 0.02)
+    stats.transaction(True, 100, 0.04)
+    stats.transaction(False, 50, 0.0)
+    stats.record(batch(150), 0.001, [1.0])
+    stats.unread(50)  # read in the aborted transaction: read again later
+    assert stats.in_flight == 100
+    assert out.getvalue().splitlines()[-1].endswith("| txn 2 ok 1 aborted")
+    metrics = stats.metrics()
+    assert metrics["transactions_committed_total"] == 2 and metrics["transactions_aborted_total"] == 1
+    assert metrics["transaction_records_avg"] == 200 and metrics["transaction_ms_avg"] == 30
+    text = format_summary(stats.totals_copy(), 1.0, {
+        "top_app_versions": [], "top_locales": [], "device_types": [], "multi_ip_users": 0,
+        "shared_devices": 0, "tracked_users": 0, "tracked_devices": 0})
+    assert "transactions: 2 committed (200 outputs, 30 ms on average), 1 aborted" in text
+
+
+def test_no_transaction_line_at_least_once() -> None:
+    out = io.StringIO()
+    stats = Stats(stats_every=100, out=out, sampler=FixedSampler())
+    stats.record(batch(150), 0.001, [1.0])
+    assert "txn" not in out.getvalue()
+    assert "transactions" not in format_summary(stats.totals_copy(), 1.0, {
+        "top_app_versions": [], "top_locales": [], "device_types": [], "multi_ip_users": 0,
+        "shared_devices": 0, "tracked_users": 0, "tracked_devices": 0})
