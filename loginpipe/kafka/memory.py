@@ -67,6 +67,7 @@ class MemoryCluster:
         self.producers_made = 0
         self.epochs: dict[str, int] = {}  # transactional id -> the newest producer's epoch
         self.fail_commits = 0  # the next this many transaction commits fail (a test's switch)
+        self.fail_commits_of: str | None = None  # the next commit with offsets of this topic fails
         self.transactions_committed = 0
         self._pending: list[Delivery] = []
         self._members: dict[str, list[MemoryConsumer]] = {}
@@ -443,6 +444,9 @@ class MemoryTransactions(MemoryProducer):
                 raise ClientError("CommitFailedError: the group has moved on")
             if cluster.fail_commits > 0:
                 cluster.fail_commits -= 1
+                raise ClientError("injected commit failure")
+            if cluster.fail_commits_of in {tp[0] for tp in offsets}:
+                cluster.fail_commits_of = None
                 raise ClientError("injected commit failure")
             for record in self._buffer:
                 cluster.produce(*record)

@@ -169,10 +169,12 @@ class Transactions:
         if self.producer is not None:
             self.producer.close(0.0)
             self.producer = None
-        consumed, records = self._consumed, self._records
+        # what the stats counted as read: the login step's records (a BatchResult's ``consumed``),
+        # not the device step's, which ``_consumed`` includes
+        unread, records = sum(counts.consumed for counts in self._counts), self._records
         self._reset()
         self.on_transaction(False, records, 0.0)
-        self.on_rollback(consumed)
+        self.on_rollback(unread)
 
     def commit_all(self, deadline: float) -> bool:
         return self.commit(deadline)

@@ -6,12 +6,20 @@ member) is proven in tests/integration/test_exactly_once.py."""
 from __future__ import annotations
 
 from loginpipe.kafka.memory import MemoryCluster, MemoryTransactions
+from loginpipe.topics import InternalTopics
 from loginpipe.waiting import wait_until
 from tests.unit.test_worker import INPUT, OUTPUT, Running, cluster, committed_all, feed, positions
 
 __all__ = ["cluster"]  # the fixture, shared with test_worker
 
 EXACTLY_ONCE = {"processing_guarantee": "exactly-once", "commit_interval_ms": 50}
+REPARTITION = InternalTopics.of("user-login-group").repartition
+
+
+def settled(cluster: MemoryCluster) -> bool:
+    """Both steps committed everything: the input, and the repartition topic the device step reads."""
+    return committed_all(cluster) and (cluster.committed_offsets("user-login-group", REPARTITION)
+                                       == cluster.end_offsets(REPARTITION))
 
 
 def drained(cluster: MemoryCluster, **settings):
@@ -74,7 +82,7 @@ def test_a_fenced_producer_is_replaced_and_nothing_repeats(cluster) -> None:
     zombie_killer = MemoryTransactions(cluster, "user-login-group-a-0")
     zombie_killer.init(1.0)  # a newer producer of the worker's id: the worker's is fenced
     feed(cluster, 300, seed=6)
-    assert wait_until(lambda: committed_all(cluster), 20), run.err.getvalue()
+    assert wait_until(lambda: settled(cluster), 20), run.err.getvalue()
     result = run.stop()
     assert result.totals.transactions_aborted >= 1 and "ProducerFenced" in run.err.getvalue()
     written = positions(cluster)
@@ -88,8 +96,37 @@ def test_a_hand_over_commits_the_open_transaction_first(cluster) -> None:
     assert wait_until(lambda: first.app.stats.totals.consumed >= 200, 10)
     second = Running(cluster, **{**EXACTLY_ONCE, "max_poll_records": 50})
     feed(cluster, 1000, seed=3)
-    assert wait_until(lambda: committed_all(cluster), 20)
+    assert wait_until(lambda: settled(cluster), 20)
     results = [first.stop(), second.stop()]
     assert all(r.totals.consumed > 0 for r in results), "both members got partitions"
     assert sum(r.totals.consumed for r in results) == 2000
     assert max(positions(cluster).values()) == 1
+
+
+def test_an_outage_holds_the_open_transaction_and_it_commits_once_the_broker_is_back(cluster) -> None:
+    feed(cluster, 200, seed=7)
+    run = Running(cluster, **{**EXACTLY_ONCE, "max_poll_records": 20, "commit_interval_ms": 1500})
+    assert wait_until(lambda: run.app.stats.read == 200, 10)
+    cluster.set_available(False)  # before the checkpoint
+    assert wait_until(lambda: "unreachable" in run.err.getvalue(), 10), run.err.getvalue()
+    assert cluster.transactions_committed == 0 and cluster.records(OUTPUT) == []
+    feed(cluster, 200, seed=8)
+    cluster.set_available(True)
+    assert wait_until(lambda: settled(cluster), 20), run.err.getvalue()
+    result = run.stop()
+    written = positions(cluster)
+    assert max(written.values()) == 1
+    assert len(written) == result.totals.processed + result.totals.dead_lettered
+    assert result.totals.consumed == 400
+
+
+def test_an_abort_of_both_steps_records_leaves_nothing_in_flight(cluster) -> None:
+    feed(cluster, 300, seed=9)
+    run = Running(cluster, **{**EXACTLY_ONCE, "max_poll_records": 30})
+    assert wait_until(lambda: settled(cluster), 10)
+    cluster.fail_commits_of = REPARTITION  # a transaction holding device-step records aborts
+    feed(cluster, 300, seed=10)
+    assert wait_until(lambda: settled(cluster) and run.app.stats.totals.transactions_aborted == 1, 20)
+    result = run.stop()
+    assert result.unacknowledged == 0 and run.app.stats.in_flight == 0
+    assert result.totals.consumed == 600 and max(positions(cluster).values()) == 1
