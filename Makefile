@@ -21,7 +21,7 @@ dashboard: $(STAMP)                ## the live dashboard on http://localhost:850
 chromium:                          ## Debian's chromium, for the dashboard's browser test
 	@scripts/ensure_chromium.sh
 
-bench: $(STAMP) kafka-fetch        ## throughput, latency and memory benchmark; results in bench-results/
+bench: $(STAMP) kafka-fetch        ## throughput, latency, guarantees and memory benchmark; results in bench-results/
 	$(PY) -m loginpipe.benchmark
 
 image: $(STAMP) kafka-fetch        ## remakes image.png from a real run of the consumer in tmux

@@ -36,6 +36,9 @@ from loginpipe.topics import (
 )
 
 AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
+# Outputs of a transaction become readable when it commits, twice on their way (login step, then
+# device step): measured p99 346 ms at 100 ms, 2.2 s at 1000 ms, at the same throughput (README).
+EXACTLY_ONCE_COMMIT_INTERVAL_MS = 100
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,9 @@ def build_pipeline_parser() -> EnvArgumentParser:
         default=defaults.max_poll_records, help="records per batch at most")
     add("--commit-every", env="COMMIT_EVERY", type=positive_int, default=defaults.commit_every_records,
         help="checkpoint after this many records")
-    add("--commit-interval-ms", env="COMMIT_INTERVAL_MS", type=positive_int,
-        default=defaults.commit_interval_ms, help="or after this many milliseconds")
+    add("--commit-interval-ms", env="COMMIT_INTERVAL_MS", type=positive_int, default=None,
+        help=f"or after this many milliseconds (default {defaults.commit_interval_ms}; "
+             f"{EXACTLY_ONCE_COMMIT_INTERVAL_MS} with exactly-once, where it bounds end-to-end latency)")
     add("--linger-ms", env="LINGER_MS", type=int, default=defaults.linger_ms,
         help="producer linger before sending a batch")
     add("--batch-size", env="BATCH_SIZE", type=positive_int, default=defaults.batch_size,
@@ -173,6 +177,10 @@ def build_pipeline_parser() -> EnvArgumentParser:
     return parser
 
 
+def default_commit_interval(guarantee: str) -> int:
+    return EXACTLY_ONCE_COMMIT_INTERVAL_MS if guarantee == EXACTLY_ONCE else PipelineConfig.commit_interval_ms
+
+
 def processing_guarantee(text: str) -> str:
     if text not in (AT_LEAST_ONCE, EXACTLY_ONCE):
         raise ValueError(text)
@@ -190,7 +198,8 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
         stats_interval_s=args.stats_interval,
         show_messages=bool(args.show_messages), stop_when_idle_s=args.stop_when_idle,
         max_poll_records=args.max_poll_records, commit_every_records=args.commit_every,
-        commit_interval_ms=args.commit_interval_ms, linger_ms=args.linger_ms,
+        commit_interval_ms=args.commit_interval_ms or default_commit_interval(args.processing_guarantee),
+        linger_ms=args.linger_ms,
         batch_size=args.batch_size, max_tracked_keys=args.max_tracked_keys, quiet=args.quiet,
         privacy=privacy, max_age_s=args.max_age, app_versions=args.app_versions,
         filtered_topic=args.filtered_topic, summary_topic=args.summary_topic,

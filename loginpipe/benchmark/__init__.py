@@ -11,7 +11,13 @@ On fresh, uniquely named topics (deleted at the end), one step after the other:
    settings, commit only after acknowledgements: the ceiling for any pipeline on this client),
    optionally the same pass-through with confluent-kafka, then the pipeline per thread count;
 3. end-to-end latency of the pipeline at a fixed offered load, joined record by record;
-4. memory of the aggregations per distinct user, with and without the default key cap.
+4. processing guarantees: at-least-once against exactly-once at several checkpoint intervals, on
+   one preloaded input drained in turns (events/s, CPU) and at the same offered load (latency until
+   a read_committed reader sees the output), with ratios to at-least-once (guarantees.py);
+5. memory of the aggregations per distinct user, with and without the default key cap.
+
+``--only STEPS`` or ``--skip STEPS`` (throughput, restore, latency, guarantees, memory) runs some
+of them; such a run writes bench-<timestamp>.{json,md} and leaves latest.* alone.
 
 Python runs are timed alike: from the first record received to the last record done (the
 pipeline's own "timing: first record to last processed" figure). The Java tool's rate is its
@@ -25,6 +31,6 @@ Results: bench-results/bench-<timestamp>.json, latest.json, latest.md and latest
 compares two versions of the code (git refs; AFTER left out: the working tree) on one preloaded
 topic instead: each drains it in turn, for --rounds rounds, from its own copy of the code
 (compare.py); medians of events/s, CPU seconds and peak RSS in bench-results/compare-<run>.*.
-The internal subcommands preload, consume-only, pass-through and memory are the child
-processes of those steps.
+The internal subcommands preload, consume-only, pass-through, memory, changelog-lines, restore and
+visible are the child processes of those steps.
 """

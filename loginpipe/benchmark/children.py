@@ -1,5 +1,5 @@
 """The internal subcommands, each a child process of a step: preload, consume-only, pass-through,
-memory, changelog-lines and restore."""
+memory, changelog-lines, restore and visible."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from loginpipe.cli import EnvArgumentParser, non_negative_float, positive_int
 from loginpipe.config import PipelineConfig, pipeline_config
 from loginpipe.errors import UserError
 
-CHILD_COMMANDS = ("preload", "consume-only", "pass-through", "memory", "changelog-lines", "restore")
+CHILD_COMMANDS = ("preload", "consume-only", "pass-through", "memory", "changelog-lines", "restore",
+                  "visible")
 POLL_TIMEOUT_MS = 200
 
 
@@ -536,6 +537,78 @@ def _restore_like_a_worker(bootstrap: str, topics, partitions: dict[str, int]) -
     return logins, devices
 
 
+# --- visible: when outputs become readable ---------------------------------------------------
+
+class _Finish:
+    """SIGTERM: read on to the topic's end as it is then, and stop (the writer has stopped)."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        signal.signal(signal.SIGTERM, self._ask)
+
+    def _ask(self, signum, frame) -> None:
+        self.asked = True
+
+
+def cmd_visible(args) -> int:
+    """Tail ``--topic`` from its start as a read_committed reader sees it, writing each record's
+    partition, offset and the wall-clock millisecond it was handed over (three int64 each) to
+    ``--seen-file``. An exactly-once pipeline's output is visible only once its transaction commits,
+    so this, not the record's append timestamp, is when a reader downstream can have it. Prints
+    "visible: ready" once its positions are set; on SIGTERM reads to the end offsets of that moment
+    and stops."""
+    import logging
+    from array import array
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    finish = _Finish()
+    # fetch_max_wait_ms: the longest a fetch parks at the broker when nothing new is committed, so
+    # the bound on how late a record can be seen for want of a wake-up.
+    consumer = KafkaConsumer(bootstrap_servers=args.bootstrap_servers, group_id=None,
+                             enable_auto_commit=False, isolation_level="read_committed",
+                             auto_offset_reset="earliest", fetch_max_wait_ms=100, max_poll_records=10_000)
+    seen = array("q")
+    try:
+        numbers = sorted(consumer.partitions_for_topic(args.topic) or [])
+        partitions = [TopicPartition(args.topic, p) for p in numbers]
+        if not partitions:
+            raise UserError(f"topic {args.topic} has no partitions (does it exist?)")
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        for tp in partitions:
+            consumer.position(tp)  # resolved now, not at the first record
+        print("visible: ready", file=sys.stderr, flush=True)
+        _tail(consumer, partitions, seen, finish, args.finish_timeout)
+    finally:
+        consumer.close()
+    with open(args.seen_file, "wb") as out:
+        seen.tofile(out)
+    emit_result({"records": len(seen) // 3})
+    return 0
+
+
+def _tail(consumer, partitions: list, seen, finish: _Finish, finish_timeout_s: float) -> None:
+    """Poll, noting when each record arrives, until SIGTERM and then the end offsets of that moment."""
+    ends: dict | None = None
+    deadline = float("inf")
+    while True:
+        polled = consumer.poll(timeout_ms=50)
+        now_ms = int(time.time() * 1000)  # the broker's timestamps are wall-clock ms too
+        for tp, batch in polled.items():
+            for record in batch:
+                seen.extend((tp.partition, record.offset, now_ms))
+        if finish.asked and ends is None:
+            ends = consumer.end_offsets(partitions)  # the last stable offsets: committed data only
+            deadline = time.monotonic() + finish_timeout_s
+        # the position, not the last record: transaction markers take offsets too
+        if ends is not None and all(consumer.position(tp) >= ends[tp] for tp in partitions):
+            return
+        if time.monotonic() > deadline:
+            raise UserError(f"not at the end of {partitions[0].topic} {finish_timeout_s:g}s after the stop")
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 def build_child_parser(command: str) -> EnvArgumentParser:
@@ -560,6 +633,11 @@ def build_child_parser(command: str) -> EnvArgumentParser:
         parser.add_argument("--via", choices=["restorer", "query"], default="restorer")
         return parser
     parser.add_argument("--topic", required=True)
+    if command == "visible":
+        parser.add_argument("--seen-file", required=True, help="where the (partition, offset, ms) go")
+        parser.add_argument("--finish-timeout", type=non_negative_float, default=60.0,
+                            help="seconds to reach the end after SIGTERM")
+        return parser
     parser.add_argument("--count", type=positive_int, required=True)
     if command == "preload":
         parser.add_argument("--seed", type=int, default=7)
@@ -580,6 +658,6 @@ def run_child_command(argv: list[str]) -> int:
     handler: dict[str, Callable[[Any], int]] = {
         "preload": cmd_preload, "consume-only": cmd_consume_only,
         "pass-through": cmd_pass_through, "memory": cmd_memory,
-        "changelog-lines": cmd_changelog_lines, "restore": cmd_restore,
+        "changelog-lines": cmd_changelog_lines, "restore": cmd_restore, "visible": cmd_visible,
     }
     return handler[command](args)

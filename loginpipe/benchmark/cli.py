@@ -21,6 +21,13 @@ from loginpipe.benchmark.common import (
     say,
 )
 from loginpipe.benchmark.compare import run_compare
+from loginpipe.benchmark.guarantees import (
+    COOLDOWN_S,
+    DRAIN_EVENTS,
+    LATENCY_SECONDS,
+    WARMUP_S,
+    step_guarantees,
+)
 from loginpipe.benchmark.report import add_ratios, describe_machine, markdown, write_outputs
 from loginpipe.benchmark.steps import (
     Bench,
@@ -37,7 +44,21 @@ from loginpipe.benchmark.steps import (
 )
 from loginpipe.cli import EnvArgumentParser, positive_float, positive_int
 from loginpipe.config import PipelineConfig
+from loginpipe.errors import UserError
 from loginpipe.topics import TopicSpec
+
+# The benchmark's steps, in the order they run; --only and --skip choose among them.
+STEPS = ("throughput", "restore", "latency", "guarantees", "memory")
+
+
+def step_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names or any(name not in STEPS for name in names):
+        raise ValueError(text)
+    return names
+
+
+step_list.__name__ = f"comma-separated list of steps ({', '.join(STEPS)})"
 
 
 def build_parser() -> EnvArgumentParser:
@@ -75,7 +96,49 @@ def build_parser() -> EnvArgumentParser:
                             help="distinct users at which to measure memory, comma-separated")
     parser.add_argument("--with-confluent", action="store_true",
                         help="also run the pass-through with confluent-kafka, if it imports")
+    add_guarantees_arguments(parser)
+    parser.add_env_argument("--only", env="BENCH_ONLY", type=step_list, default=None,
+                            help=f"run only these steps, comma-separated, of: {', '.join(STEPS)} "
+                                 "(throughput: preload, ceilings, pipeline drains, their state and "
+                                 "restore; restore: the synthetic changelog's). The results then go to "
+                                 "bench-<time>.{json,md} only: latest.* stays the last full run's")
+    parser.add_env_argument("--skip", env="BENCH_SKIP", type=step_list, default=[],
+                            help="run every step but these, comma-separated")
     return parser
+
+
+def add_guarantees_arguments(parser: EnvArgumentParser) -> None:
+    """The flags of the guarantees step (at-least-once against exactly-once)."""
+    add = parser.add_env_argument
+    add("--guarantee-events", env="BENCH_GUARANTEE_EVENTS", type=positive_int, default=None,
+        help=f"events the guarantees step preloads and drains with each setting (default: "
+             f"{DRAIN_EVENTS:,}, or --events when smaller)")
+    add("--guarantee-intervals", env="BENCH_GUARANTEE_INTERVALS", type=int_list, default=[100, 1000],
+        help="exactly-once --commit-interval-ms values to compare with at-least-once, comma-separated")
+    add("--guarantee-rounds", env="BENCH_GUARANTEE_ROUNDS", type=positive_int, default=2,
+        help="drains of the guarantees step's input per setting, the settings taking turns")
+    add("--guarantee-latency-seconds", env="BENCH_GUARANTEE_LATENCY_SECONDS", type=positive_float,
+        default=None, help=f"seconds measured in each latency run of the guarantees step, at "
+                           f"--latency-rate, after {WARMUP_S:g}s and before {COOLDOWN_S:g}s more "
+                           f"(default: {LATENCY_SECONDS:g}, or --latency-seconds when shorter)")
+    add("--guarantee-latency-rounds", env="BENCH_GUARANTEE_LATENCY_ROUNDS", type=positive_int, default=1,
+        help="latency runs per setting in the guarantees step, the settings taking turns")
+
+
+def selected_steps(args) -> list[str]:
+    """The steps to run, in the benchmark's order."""
+    chosen = set(args.only or STEPS) - set(args.skip)
+    return [step for step in STEPS if step in chosen]
+
+
+def count_announcements(args, steps: list[str]) -> int:
+    """How many numbered lines the chosen steps announce, for the [i/n] counter."""
+    per_step = {
+        # preload, Java, consume-only, pass-through, each pipeline, restore after the drain
+        "throughput": 5 + len(args.threads_list) + bool(args.with_confluent) + (args.processes > 1),
+        "restore": int(args.restore_users > 0), "latency": 1, "guarantees": 2, "memory": 1,
+    }
+    return sum(per_step[step] for step in steps)
 
 
 def _new_report(args, run_id: str, bootstrap: str) -> dict:
@@ -85,8 +148,22 @@ def _new_report(args, run_id: str, bootstrap: str) -> dict:
             "pipeline_defaults": asdict(PipelineConfig()), "runs": [], "notes": []}
 
 
-def _run_steps(bench: Bench, report: dict) -> None:
-    """Every step in turn, each adding its results to ``report``."""
+def _run_steps(bench: Bench, report: dict, steps: list[str]) -> None:
+    """The chosen steps in turn, each adding its results to ``report``."""
+    if "throughput" in steps:
+        _throughput_steps(bench, report)
+    if "restore" in steps and bench.args.restore_users:
+        _restore_synthetic(bench, report)
+    if "latency" in steps:
+        report["latency"] = step_latency(bench)
+    if "guarantees" in steps:
+        report["guarantees"] = step_guarantees(bench)
+    if "memory" in steps:
+        report["memory"] = step_memory(bench)
+
+
+def _throughput_steps(bench: Bench, report: dict) -> None:
+    """Preload, the ceilings, the pipeline drains, and the restore of a drained group's state."""
     args = bench.args
     source = bench.name("in")
     bench.create_topics(TopicSpec(source, "benchmark input"))
@@ -113,16 +190,15 @@ def _run_steps(bench: Bench, report: dict) -> None:
     report["ratios"] = add_ratios(runs)
     pipelines = [r for r in runs if r["kind"] == "pipeline"]
     drained = next((r for r in pipelines if r["threads"] == 1 and r["processes"] == 1), pipelines[0])
-    restores = step_restore_drained(bench, drained["group"])
-    if args.restore_users:
-        row = step_restore_synthetic(bench, args.restore_users)
-        if row:
-            restores.append(row)
-        else:
-            report["notes"].append("synthetic restore skipped: no java on PATH (its console producer)")
-    report["restore"] = restores
-    report["latency"] = step_latency(bench)
-    report["memory"] = step_memory(bench)
+    report["restore"] = step_restore_drained(bench, drained["group"])
+
+
+def _restore_synthetic(bench: Bench, report: dict) -> None:
+    row = step_restore_synthetic(bench, bench.args.restore_users)
+    if row:
+        report.setdefault("restore", []).append(row)
+    else:
+        report["notes"].append("synthetic restore skipped: no java on PATH (its console producer)")
 
 
 def _finish(report: dict, started: float, out_dir: Path) -> int:
@@ -130,6 +206,8 @@ def _finish(report: dict, started: float, out_dir: Path) -> int:
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["duration_s"] = round(time.monotonic() - started, 1)
     bad = [r["label"] for r in report["runs"] if r["kind"] == "pipeline" and not r["accounting_ok"]]
+    bad += [f"guarantees, {r['label']}" for r in report.get("guarantees", {}).get("summary", [])
+            if not r["accounting_ok"]]
     if bad:
         report["notes"].append(f"accounting mismatch in: {', '.join(bad)}")
     paths = write_outputs(report, out_dir)
@@ -142,18 +220,22 @@ def _finish(report: dict, started: float, out_dir: Path) -> int:
 def run_benchmark(args) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     started = time.monotonic()
+    steps = selected_steps(args)
+    if not steps:
+        raise UserError("--only and --skip leave no step to run")
     run_id, log_dir = new_run(args.out_dir)
     say(f"benchmark {run_id}: {args.events:,} events, {args.partitions} partitions, pipeline threads "
         f"{','.join(map(str, args.threads_list))}"
         + (f" and {args.processes} processes" if args.processes > 1 else "")
+        + (f"; steps {', '.join(steps)}" if steps != list(STEPS) else "")
         + f"; logs in {log_dir}")
     bootstrap = bootstrap_servers(args.bootstrap_servers)
     bench = Bench(args, bootstrap, run_id, log_dir)
-    bench.steps = (6 + len(args.threads_list) + (1 if args.with_confluent else 0) + (args.processes > 1)
-                   + 1 + (args.restore_users > 0))
+    bench.steps = count_announcements(args, steps)
     report = _new_report(args, run_id, bootstrap)
+    report.update(steps=steps, partial=steps != list(STEPS))
     try:
-        _run_steps(bench, report)
+        _run_steps(bench, report, steps)
     finally:
         if bench.topics or bench.groups:
             say("cleaning up: deleting the benchmark's topics and consumer groups")

@@ -130,16 +130,22 @@ def step_preload(bench: Bench, topic: str) -> dict:
     args = bench.args
     bench.announce(f"preload: {args.events:,} events at full speed into {topic} "
                    f"({args.partitions} partitions)")
-    child = Child("preload", python_child(
-        "preload", "--bootstrap-servers", bench.bootstrap, "--topic", topic, "--count", str(args.events),
-        "--seed", str(args.seed)), bench.log_dir)
-    result = child.wait(bench.timeout_s(args.events)).check()
-    data = result.result_json()
+    data = preload(bench, topic, args.events)
     bench.value_bytes = data["value_bytes"]
+    return data
+
+
+def preload(bench: Bench, topic: str, count: int, name: str = "preload") -> dict:
+    """Write ``count`` generated events (the run's seed) into ``topic`` at full speed; the
+    generator's figures."""
+    child = Child(name, python_child(
+        "preload", "--bootstrap-servers", bench.bootstrap, "--topic", topic, "--count", str(count),
+        "--seed", str(bench.args.seed)), bench.log_dir)
+    result = child.wait(bench.timeout_s(count)).check()
+    data = result.result_json()
     bad = sum(n for kind, n in data["kinds"].items() if kind != "good")
     say(f"      generator: {data['events_per_s']:,.0f} events/s ({data['seconds']:.1f}s); "
-        f"{bench.value_bytes / MB:,.1f} MB of values, {bad:,} bad records "
-        f"({bad / args.events:.1%})")
+        f"{data['value_bytes'] / MB:,.1f} MB of values, {bad:,} bad records ({bad / count:.1%})")
     data.update(cpu_s=round(result.cpu_s, 3), peak_rss_mib=round(result.peak_rss_kib / 1024, 1))
     return data
 
@@ -181,9 +187,13 @@ def parse_consumer_performance(text: str) -> dict[str, str]:
     raise UserError("ConsumerPerformance printed no result line:\n" + "\n".join(lines[-10:]))
 
 
-def python_run(bench: Bench, label: str, kind: str, child: Child, **extra: Any) -> dict:
-    """Wait for a Python consumer run and read its consumed count and first-to-last timing."""
-    result = child.wait(bench.timeout_s(bench.args.events)).check()
+def python_run(bench: Bench, label: str, kind: str, child: Child, events: int | None = None,
+               value_bytes: int | None = None, **extra: Any) -> dict:
+    """Wait for a Python consumer run and read its consumed count and first-to-last timing. The
+    input holds ``events`` records with ``value_bytes`` of values (unset: the run's main input)."""
+    events = events or bench.args.events
+    value_bytes = bench.value_bytes if value_bytes is None else value_bytes
+    result = child.wait(bench.timeout_s(events)).check()
     out = result.stdout
     counts = SUMMARY_RE.search(out)
     consumed_match = counts or re.search(r"consumed ([\d,]+) in", out)  # older summaries: no split
@@ -194,7 +204,7 @@ def python_run(bench: Bench, label: str, kind: str, child: Child, **extra: Any) 
     busy_s = float(timing.group(1))
     if kind != "pipeline":
         extra.update({k: v for k, v in result.result_json().items() if k not in ("consumed", "busy_s")})
-    row = throughput_row(label, kind, consumed, busy_s, result, bench.value_bytes, bench.args.events, **extra)
+    row = throughput_row(label, kind, consumed, busy_s, result, value_bytes, events, **extra)
     if kind == "pipeline":
         processed, filtered, dead = ((int(g.replace(",", "")) for g in counts.groups()[1:]) if counts
                                      else (None, None, None))
@@ -263,13 +273,15 @@ def drain_command(bench: Bench, topic: str, out: str, dlq: str, group: str, *fla
             *flags, "--stop-when-idle", str(IDLE_STOP_S), "--quiet"]
 
 
-def check_accounting(bench: Bench, row: dict, out: str, dlq: str) -> None:
+def check_accounting(bench: Bench, row: dict, out: str, dlq: str, events: int | None = None) -> None:
     """Add the output and dead-letter topics' record counts to a drain's row, and whether every
-    input record is accounted for (a summary without the split counts: by the consumed count only)."""
+    one of the input's ``events`` (unset: the run's main input) is accounted for (a summary
+    without the split counts: by the consumed count only). Counts are end offsets: exact for
+    at-least-once topics, one too many per transaction marker for exactly-once ones."""
     row["output_records"] = sum(end_offsets(bench.bootstrap, out).values())
     row["dlq_records"] = sum(end_offsets(bench.bootstrap, dlq).values())
     counted = row["processed"] is not None
-    row["accounting_ok"] = (row["consumed"] == bench.args.events and (
+    row["accounting_ok"] = (row["consumed"] == (events or bench.args.events) and (
         not counted or (row["processed"] + row["filtered"] + row["dead_lettered"] == row["consumed"]
                         and row["output_records"] >= row["processed"]
                         and row["dlq_records"] >= row["dead_lettered"])))
@@ -473,7 +485,9 @@ def step_restore_synthetic(bench: Bench, users: int) -> dict | None:
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    # read_committed: the last stable offset, the end a read_committed reader stops at
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed")
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
@@ -485,8 +499,11 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> Iterator
     """Every record of ``topic`` up to its current end offsets."""
     from kafka import KafkaConsumer, TopicPartition
 
+    # read_committed: an exactly-once pipeline's outputs count once their transaction committed
+    # (on at-least-once topics, which hold no transactions, it reads the same records)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=16 * 1024 * 1024)
+                             isolation_level="read_committed", max_partition_fetch_bytes=4 * 1024 * 1024,
+                             fetch_max_bytes=16 * 1024 * 1024)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         ends = consumer.end_offsets(partitions)
@@ -502,8 +519,8 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> Iterator
                 for record in batch:
                     if record.offset < end:
                         yield record
-                if batch[-1].offset + 1 >= end:
-                    remaining.discard(tp)
+            # the position, not the last record: transaction markers take offsets too
+            remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
     finally:
         consumer.close()
 
@@ -569,34 +586,35 @@ def committed_total(admin, group: str, topic: str) -> int:
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
-def _start_latency_pipeline(bench: Bench, src: str, out: str, dlq: str,
-                            group: str) -> tuple[Child, GroupJoin]:
-    """The pipeline on the latency topics, once its group has settled (so no rebalance skews latency)."""
+def start_latency_pipeline(bench: Bench, src: str, out: str, dlq: str, group: str,
+                            name: str = "latency", flags: tuple[str, ...] = ()) -> tuple[Child, GroupJoin]:
+    """The pipeline on the latency topics (with ``flags`` besides), once its group has settled (so
+    no rebalance skews latency); ``name`` tells its log files and snapshot topics apart."""
     threads = bench.args.latency_threads
-    pipeline = Child("latency pipeline", [
+    pipeline = Child(f"{name} pipeline", [
         sys.executable, "create_kafka_consumer.py", "--bootstrap-servers", bench.bootstrap,
         "--input-topic", src, "--output-topic", out, "--dlq-topic", dlq, "--group-id", group,
-        *snapshot_topic_flags(bench, "latency"), "--threads", str(threads), "--quiet"], bench.log_dir)
+        *snapshot_topic_flags(bench, name), "--threads", str(threads), *flags, "--quiet"], bench.log_dir)
     join = wait_group_settled(bench.bootstrap, group, threads, pipeline, 90.0, GROUP_SETTLE_S)
     say(f"      pipeline group first Stable after {join.first_stable_s:.2f}s, left Stable {join.left_stable} "
         f"time(s), Stable for {GROUP_SETTLE_S:g}s on end after {join.seconds:.2f}s; producing")
     return pipeline, join
 
 
-def _produce_at_rate(bench: Bench, src: str, count: int) -> float | None:
+def produce_at_rate(bench: Bench, src: str, count: int, name: str = "latency") -> float | None:
     """Run the generator at the offered load; the rate it achieved, if it printed one."""
     args = bench.args
-    generator = Child("latency generator", [
+    generator = Child(f"{name} generator", [
         sys.executable, "-m", "loginpipe.local.generator", "--bootstrap-servers", bench.bootstrap,
         "--topic", src,
         "--count", str(count), "--rate", f"{args.latency_rate:g}", "--seed", str(args.seed + 1),
         "--progress-every", "10"], bench.log_dir)
-    gen_result = generator.wait(args.latency_seconds * 3 + 60).check()
+    gen_result = generator.wait(count / args.latency_rate * 3 + 60).check()
     gen_match = GENERATOR_RE.search(gen_result.stderr)
     return float(gen_match.group(2).replace(",", "")) if gen_match else None
 
 
-def _drain_and_stop(bench: Bench, pipeline: Child, group: str, src: str, count: int) -> ChildResult:
+def drain_and_stop(bench: Bench, pipeline: Child, group: str, src: str, count: int) -> ChildResult:
     """Let the pipeline finish the input, then stop it; its result."""
     # Drained once the group has committed every input offset (commits follow acknowledgements).
     admin = admin_client(bench.bootstrap)
@@ -616,6 +634,11 @@ def _drain_and_stop(bench: Bench, pipeline: Child, group: str, src: str, count: 
     return result
 
 
+def input_timestamps(bootstrap: str, src: str) -> dict[tuple[int, int], int]:
+    """Each input record's timestamp (ms), by partition and offset."""
+    return {(record.partition, record.offset): record.timestamp for record in read_topic(bootstrap, src)}
+
+
 def join_latencies(bootstrap: str, src: str, out: str) -> tuple[list[float], int, int]:
     """Output minus input timestamp per output record, joined on source_partition/source_offset.
 
@@ -623,9 +646,7 @@ def join_latencies(bootstrap: str, src: str, out: str) -> tuple[list[float], int
     """
     import orjson
 
-    sent_at: dict[tuple[int, int], int] = {}
-    for record in read_topic(bootstrap, src):
-        sent_at[(record.partition, record.offset)] = record.timestamp
+    sent_at = input_timestamps(bootstrap, src)
     latencies: list[float] = []
     unmatched = 0
     for record in read_topic(bootstrap, out):
@@ -639,23 +660,34 @@ def join_latencies(bootstrap: str, src: str, out: str) -> tuple[list[float], int
     return latencies, unmatched, len(sent_at)
 
 
+def timestamp_type(args) -> str:
+    return {"log-append": "LogAppendTime", "create": "CreateTime"}[args.latency_timestamps]
+
+
+def latency_topics(bench: Bench, prefix: str) -> tuple[str, str, str]:
+    """Fresh input, output and dead-letter topics of a latency run, timestamped as
+    --latency-timestamps says."""
+    src, out, dlq = bench.name(f"{prefix}-in"), bench.name(f"{prefix}-out"), bench.name(f"{prefix}-dlq")
+    ts_config = {"message.timestamp.type": timestamp_type(bench.args)}
+    bench.create_topics(
+        TopicSpec(src, "latency input", configs=ts_config),
+        TopicSpec(out, "latency output", configs={**ts_config, "compression.type": "producer"}),
+        TopicSpec(dlq, "latency dead letters"))
+    return src, out, dlq
+
+
 def step_latency(bench: Bench) -> dict:
     args = bench.args
     threads = args.latency_threads
     count = max(1, round(args.latency_rate * args.latency_seconds))
     bench.announce(f"latency: the pipeline ({threads} thread{'s' if threads > 1 else ''}) with the generator "
                    f"at {args.latency_rate:,g} events/s for {args.latency_seconds:g}s ({count:,} events)")
-    ts_type = {"log-append": "LogAppendTime", "create": "CreateTime"}[args.latency_timestamps]
-    src, out, dlq = bench.name("lat-in"), bench.name("lat-out"), bench.name("lat-dlq")
-    ts_config = {"message.timestamp.type": ts_type}
-    bench.create_topics(
-        TopicSpec(src, "latency input", configs=ts_config),
-        TopicSpec(out, "latency output", configs={**ts_config, "compression.type": "producer"}),
-        TopicSpec(dlq, "latency dead letters"))
+    ts_type = timestamp_type(args)
+    src, out, dlq = latency_topics(bench, "lat")
     group = bench.group("lat")
-    pipeline, join = _start_latency_pipeline(bench, src, out, dlq, group)
-    achieved = _produce_at_rate(bench, src, count)
-    result = _drain_and_stop(bench, pipeline, group, src, count)
+    pipeline, join = start_latency_pipeline(bench, src, out, dlq, group)
+    achieved = produce_at_rate(bench, src, count)
+    result = drain_and_stop(bench, pipeline, group, src, count)
     summary = SUMMARY_RE.search(result.stdout)
     consumed = int(summary.group(1).replace(",", "")) if summary else None
     latencies, unmatched, inputs = join_latencies(bench.bootstrap, src, out)

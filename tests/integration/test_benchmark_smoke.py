@@ -24,6 +24,7 @@ def test_small_benchmark_runs_every_step(bootstrap: str, tmp_path) -> None:
         "-m", "loginpipe.benchmark", "--bootstrap-servers", bootstrap, "--events", str(EVENTS),
         "--latency-seconds", "5", "--latency-rate", "1000", "--memory-users", "10000,50000",
         "--threads-list", "1", "--processes", "2", "--restore-users", str(RESTORE_USERS),
+        "--guarantee-intervals", "100", "--guarantee-rounds", "1", "--guarantee-latency-seconds", "2",
         "--out-dir", str(tmp_path), timeout_s=220,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -35,6 +36,7 @@ def test_small_benchmark_runs_every_step(bootstrap: str, tmp_path) -> None:
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| run | events/s |" in result.stdout  # the table is printed too
     assert "## State: changelogs, repartition, restore" in result.stdout
+    assert all(row["accounting_ok"] for row in report["guarantees"]["summary"]), report["guarantees"]
 
     machine = report["machine"]
     for key in ("cpu_model", "cores", "memory_gib", "python", "kafka", "kafka_python", "java"):
