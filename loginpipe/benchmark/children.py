@@ -135,6 +135,9 @@ class _NoHandOver:
     def handed_over(self, offsets, error) -> None:
         pass
 
+    def lost(self, partitions) -> None:
+        pass
+
 
 def cmd_consume_only(args) -> int:
     """A KafkaConsumer set up exactly like the pipeline's; poll in batches until N records."""

@@ -72,6 +72,12 @@ class RebalanceListener(Protocol):
         """The offsets ``revoking`` returned were committed (``error`` None) or not."""
         ...
 
+    def lost(self, partitions: Sequence[TopicPartition]) -> None:
+        """The group took ``partitions`` away without a revoke (this member was expelled, e.g.
+        frozen past its session timeout): another member may have processed them since, so
+        nothing may be committed for them and their states are stale."""
+        ...
+
 
 class Consumer(Protocol):
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None: ...

@@ -165,6 +165,11 @@ class KafkaPythonConsumer:
             async def on_partitions_assigned(self, assigned):
                 listener.assigned([TopicPartition(*tp) for tp in assigned])
 
+            # kafka-python's default would call on_partitions_revoked: a commit (of offsets and,
+            # exactly-once, of the open transaction) for partitions another member has now.
+            async def on_partitions_lost(self, lost):
+                listener.lost([TopicPartition(*tp) for tp in lost])
+
         consumer.subscribe(list(topics), listener=Rebalance())
 
     def warm_up(self, topic: str) -> None:

@@ -173,6 +173,13 @@ class MemoryCluster:
                 subscribed[p % len(subscribed)].target.add(TP(topic, p))
         self.changed.notify_all()
 
+    def expel(self, group: str) -> None:
+        """Every member of ``group`` loses its partitions without a revoke at its next poll (as
+        a member frozen past its session timeout does), then rejoins."""
+        with self.lock:
+            for member in self._members.get(group, []):
+                member.expelled = True
+
     def _held_by_another(self, group: str, tp: TP, member: MemoryConsumer) -> bool:
         return any(tp in m.owned for m in self._members.get(group, []) if m is not member)
 
@@ -206,6 +213,7 @@ class MemoryConsumer:
         self._paused: set[TP] = set()
         self._joined = False
         self._told = False  # the listener heard of an assignment (an empty one counts)
+        self.expelled = False  # the next poll loses every partition (MemoryCluster.expel)
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         with self.cluster.lock:
@@ -219,6 +227,15 @@ class MemoryConsumer:
 
     def _rebalance_if_needed(self) -> None:
         cluster = self.cluster
+        if self.expelled:
+            self.expelled = False
+            lost = sorted(self.owned)
+            with cluster.lock:
+                self.owned.clear()
+                self.positions.clear()
+                self._paused.clear()
+                cluster.changed.notify_all()
+            self.listener.lost(lost)
         lost = self.owned - self.target
         if lost:
             offsets = self.listener.revoking(sorted(lost))
@@ -253,7 +270,7 @@ class MemoryConsumer:
                 with cluster.lock:
                     cluster.changed.wait(max(0.0, deadline - time.monotonic()))
                 raise ClientError("broker unavailable")
-            if self.owned != self.target:
+            if self.owned != self.target or self.expelled:
                 self._rebalance_if_needed()
             with cluster.lock:
                 polled = self._fetch(min(max_records, self.max_poll_records))

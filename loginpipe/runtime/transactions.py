@@ -162,6 +162,11 @@ class Transactions:
                     return f"an output failed ({delivery.exception})"
         return None
 
+    def abort(self, reason: str) -> None:
+        """Abort the open transaction (if any) and roll back, committing nothing of it."""
+        if self._open:
+            self._abort(reason)
+
     def _abort(self, reason: str) -> None:
         """Close the producer (the next one aborts what it left open) and roll back the worker."""
         self.warn(f"transaction of {self._records:,} outputs aborted: {reason}; reading again from "

@@ -241,6 +241,22 @@ class Worker(threading.Thread):
             checkpointer.drain(min(time.monotonic() + REVOKE_DRAIN_S, self.ctx.shutdown.deadline()))
         return checkpointer.committable()
 
+    def lost(self, partitions: Sequence[TopicPartition]) -> None:
+        """Expelled from the group: the partitions' states are stale (another member may have
+        counted their records since), so they are dropped, not suspended; nothing of theirs is
+        committed. Exactly-once, the open transaction aborts (it may hold their changes)."""
+        gone = {TopicPartition(*tp) for tp in partitions}
+        self.ctx.warn(f"{self.name} was expelled from the group (session timeout?); dropping the "
+                      f"state of {len(gone)} partition(s) and committing nothing of theirs")
+        if isinstance(self.checkpointer, Transactions):
+            self.checkpointer.abort("this member was expelled from the group")
+        self.restorer.cancel(gone & self._restoring)
+        for tp in gone:
+            self._drop(tp)
+            self._start_offsets.pop(tp, None)
+        self._suspended -= gone
+        self.checkpointer.forget(gone)
+
     def handed_over(self, offsets: dict, error: ClientError | None) -> None:
         checkpointer = self.checkpointer
         if error is None:

@@ -397,6 +397,9 @@ class Recorder:
     def handed_over(self, offsets, error) -> None:
         pass
 
+    def lost(self, partitions) -> None:
+        pass
+
 
 def test_a_leader_whose_rejoin_outlives_its_poll_still_gets_its_assignment(bootstrap: str, topics,
                                                                            group: str) -> None:

@@ -130,3 +130,16 @@ def test_an_abort_of_both_steps_records_leaves_nothing_in_flight(cluster) -> Non
     result = run.stop()
     assert result.unacknowledged == 0 and run.app.stats.in_flight == 0
     assert result.totals.consumed == 600 and max(positions(cluster).values()) == 1
+
+
+def test_an_expelled_member_commits_nothing_of_its_open_transaction_and_drops_its_states(cluster) -> None:
+    feed(cluster, 300, seed=11)
+    run = Running(cluster, **{**EXACTLY_ONCE, "max_poll_records": 30, "commit_interval_ms": 60_000,
+                              "commit_every_records": 10**6})
+    assert wait_until(lambda: run.app.stats.read == 300, 10)
+    cluster.expel("user-login-group")
+    assert wait_until(lambda: "expelled" in run.err.getvalue(), 10), run.err.getvalue()
+    assert cluster.transactions_committed == 0, "the open transaction was committed after expulsion"
+    assert wait_until(lambda: run.app.stats.totals.transactions_aborted == 1, 10), run.err.getvalue()
+    result = run.stop()  # the stop commits what was read again after the rejoin
+    assert result.totals.consumed == 300 and max(positions(cluster).values()) == 1
