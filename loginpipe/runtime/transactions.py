@@ -178,8 +178,8 @@ class Transactions:
         # not the device step's, which ``_consumed`` includes
         unread, records = sum(counts.consumed for counts in self._counts), self._records
         self._reset()
+        self.on_rollback(unread)  # first: once an abort is counted, its reads are given back
         self.on_transaction(False, records, 0.0)
-        self.on_rollback(unread)
 
     def commit_all(self, deadline: float) -> bool:
         return self.commit(deadline)

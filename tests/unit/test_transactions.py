@@ -141,5 +141,7 @@ def test_an_expelled_member_commits_nothing_of_its_open_transaction_and_drops_it
     assert wait_until(lambda: "expelled" in run.err.getvalue(), 10), run.err.getvalue()
     assert cluster.transactions_committed == 0, "the open transaction was committed after expulsion"
     assert wait_until(lambda: run.app.stats.totals.transactions_aborted == 1, 10), run.err.getvalue()
-    result = run.stop()  # the stop commits what was read again after the rejoin
+    # the abort gave the 300 reads back; they are read again after the rejoin
+    assert wait_until(lambda: run.app.stats.read == 300 and run.app.stats.in_flight == 300, 10)
+    result = run.stop()  # the stop commits them
     assert result.totals.consumed == 300 and max(positions(cluster).values()) == 1
