@@ -374,22 +374,43 @@ class KafkaPythonTransactions(KafkaPythonProducer):
         except KafkaError as exc:
             raise ClientError(repr(exc)) from exc
 
+    _begun_as: tuple | None = None
+
     def begin(self) -> None:
         try:
             self._producer.begin_transaction()
         except KafkaError as exc:
             raise ClientError(repr(exc)) from exc
+        self._begun_as = self._producer_id_and_epoch()
+
+    def _producer_id_and_epoch(self) -> tuple:
+        ids = self._producer._transaction_manager.producer_id_and_epoch
+        return ids.producer_id, ids.epoch
+
+    def _check_epoch(self) -> None:
+        """kafka-python 3 bumps the producer's epoch by itself after some send errors (KIP-360):
+        the broker then aborts the open transaction, and the producer goes on as if none were
+        open, so a later commit "succeeds" with nothing in it. A changed id or epoch since
+        ``begin`` therefore means this transaction was aborted."""
+        if self._begun_as is not None and self._producer_id_and_epoch() != self._begun_as:
+            raise ClientError("the producer's epoch was bumped after a send error, "
+                              "which aborted the transaction")
 
     def commit(self, offsets: dict, group_metadata: object, timeout_s: float) -> None:
         """Add ``offsets`` to the open transaction and commit it; ClientError when it fails or
         does not finish within ``timeout_s`` (its outcome is then the broker's to decide)."""
         manager, deadline = self._producer._transaction_manager, time.monotonic() + timeout_s
         try:
+            self._check_epoch()
             if offsets:
                 self._wait(manager.send_offsets_to_transaction(_offsets(offsets), group_metadata), deadline)
+                self._check_epoch()
             self._wait(manager.begin_commit(), deadline)
         except (KafkaError, RuntimeError) as exc:  # RuntimeError: closed meanwhile (see send_batch)
             raise ClientError(repr(exc)) from exc
+        # The commit waited for every record of the transaction first, so a bump caused by one
+        # of them has happened by now; none of a later transaction's records has been sent yet.
+        self._check_epoch()
 
     def _wait(self, result, deadline: float) -> None:
         self._producer._sender.wakeup()

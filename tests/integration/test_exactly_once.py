@@ -17,11 +17,13 @@ with plain dicts and sets). What is proven:
 4. A zombie (a member frozen past its session timeout while its partitions move on and input
    keeps arriving) is fenced when it wakes: its late transactions abort, nothing of them is seen.
 
-Three runtime bugs these tests found were fixed while they were written; each keeps a
-deterministic regression test: (A) an aborted transaction holding device-step records left the
-in-flight count negative, so a clean stop exited 1; (B) an expelled member with dynamic
-membership committed its open transaction anyway (duplicates under read_committed); (C) a member
-back from an expulsion reused its stale state (counts lost).
+Four runtime bugs these tests found were fixed; each keeps a deterministic regression test:
+(A) an aborted transaction holding device-step records left the in-flight count negative, so a
+clean stop exited 1; (B) an expelled member with dynamic membership committed its open
+transaction anyway (duplicates under read_committed); (C) a member back from an expulsion reused
+its stale state (counts lost); (D) kafka-python bumped the producer's epoch by itself after a
+send error (a broker back near the transaction timeout), the broker aborted the open
+transaction, and the commit that followed reported success (records lost, 3 runs in 11).
 """
 
 from __future__ import annotations
@@ -43,14 +45,19 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaConnectionError
 
 from loginpipe.config import EXACTLY_ONCE, PipelineConfig
-from loginpipe.core.records import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER
-from loginpipe.kafka.admin import delete_topics
+from loginpipe.core.records import (
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TOPIC_HEADER,
+    OutputRecord,
+)
+from loginpipe.kafka.admin import delete_topics, ensure_topics
 from loginpipe.kafka.base import ClientError
 from loginpipe.kafka.kafka_python import KafkaPythonBackend, KafkaPythonConsumer, KafkaPythonTransactions
 from loginpipe.local.broker import LocalBroker, free_port
 from loginpipe.local.generator import GOOD, EventGenerator
 from loginpipe.runtime.app import Application
-from loginpipe.topics import InternalTopics
+from loginpipe.topics import InternalTopics, TopicSpec
 from loginpipe.waiting import wait_until
 from tests.helpers import (
     PipelineTopics,
@@ -692,3 +699,98 @@ def test_a_member_back_from_an_expulsion_does_not_reuse_its_stale_state(
     assert "expelled" in err.getvalue(), "the zombie never noticed it was expelled: " + err.getvalue()
     _, wrong = query_mismatches(bootstrap, group, work, expected)
     assert not wrong, f"{len(wrong)} state mismatches, the first: {wrong[:3]}" + err.getvalue()
+
+
+# --- Bug D (fixed): kafka-python bumped the epoch itself, and the commit "succeeded" empty ---------
+
+def bump_during_next_commit(producer: KafkaPythonTransactions) -> list[int]:
+    """Make kafka-python bump the producer's epoch (KIP-360, what it does by itself after some send
+    errors, e.g. a broker back near the transaction timeout) right after the next commit began,
+    before its EndTxn is sent: the broker aborts the transaction, and kafka-python, seeing no
+    transaction started any more, completes the commit without sending it. Returns a list that
+    counts the bumps made."""
+    manager = producer._producer._transaction_manager  # private: the client's transaction state
+    begin_commit, bumps = manager.begin_commit, []
+
+    def begin_commit_then_bump():
+        if bumps:
+            return begin_commit()
+        producer.flush(10.0)  # the bump would wait for batches in flight, which wait for it
+        before = manager.producer_id_and_epoch.epoch
+        with manager._lock:  # the sender cannot take the EndTxn in between
+            result = begin_commit()
+            manager.bump_producer_id_and_epoch()
+        bumps.append(1)
+        producer._producer._sender.wakeup()
+        bumped = wait_until(lambda: manager.producer_id_and_epoch.epoch != before, 20)
+        assert bumped, "the epoch bump did not complete"
+        return result
+
+    manager.begin_commit = begin_commit_then_bump
+    return bumps
+
+
+def test_a_transaction_whose_epoch_was_bumped_reports_its_abort(bootstrap: str, topic_name) -> None:
+    """On the real backend: records sent in a transaction, and the epoch bumped as it commits.
+    The commit must fail (the broker aborted the transaction), and a read_committed reader sees
+    none of the records; the next transaction on the same producer commits and is seen. Before
+    the fix, the commit returned as if it had succeeded: the records were silently lost."""
+    topic = topic_name("bumped")
+    ensure_topics(bootstrap, [TopicSpec(topic, "test", 1)], partitions=1)
+    producer = KafkaPythonBackend().transactional_producer(PipelineConfig(bootstrap_servers=bootstrap),
+                                                          f"test-bump-{uuid.uuid4().hex[:6]}")
+    try:
+        producer.init(10.0)
+        bumps = bump_during_next_commit(producer)
+        producer.begin()
+        lost = [OutputRecord(topic, None, b"aborted-%d" % i, partition=0) for i in range(20)]
+        assert not any(delivery.failed() for delivery in producer.send_batch(lost))
+        with pytest.raises(ClientError, match="epoch was bumped"):
+            producer.commit({}, None, 10.0)
+        assert bumps
+        producer.begin()
+        kept = [OutputRecord(topic, None, b"committed-%d" % i, partition=0) for i in range(5)]
+        producer.send_batch(kept)
+        producer.commit({}, None, 10.0)
+    finally:
+        producer.close(5.0)
+    seen = [record.value for record in read_topic(bootstrap, topic, 25, isolation="read_committed")]
+    assert seen == [record.value for record in kept]
+    everything = read_topic(bootstrap, topic, 25, isolation="read_uncommitted")
+    assert len(everything) == 25, "the aborted records never reached the log: the test proves nothing"
+
+
+class BumpsOneEpoch(KafkaPythonBackend):
+    """The real backend, but the epoch of the first transactional producer is bumped as its
+    first transaction commits, input offsets and all."""
+
+    def __init__(self) -> None:
+        self.bumps: list[int] = []
+
+    def transactional_producer(self, config, transactional_id: str) -> KafkaPythonTransactions:
+        producer = super().transactional_producer(config, transactional_id)
+        if not self.bumps:
+            self.bumps = bump_during_next_commit(producer)
+        return producer
+
+
+def test_a_pipeline_whose_epoch_is_bumped_mid_transaction_loses_nothing(
+        bootstrap: str, topics: PipelineTopics, group: str) -> None:
+    """In-process on the real backend: one epoch bump under an open transaction (its offsets sent)
+    is one abort and a rollback; every input lands exactly once and the state is exact. Before the
+    fix the commit reported success and the transaction's input was never processed again."""
+    work, expected = workload(seed=91, events=3000, bad=100)
+    produce(bootstrap, topics.input, work.records)
+    backend = BumpsOneEpoch()
+    config = PipelineConfig(bootstrap_servers=bootstrap, group_id=group, stop_when_idle_s=3.0, quiet=True,
+                            processing_guarantee=EXACTLY_ONCE, commit_interval_ms=200,
+                            **topics.config(filtered=True))
+    err = io.StringIO()
+    result = Application(config, out=io.StringIO(), err=err, backend=backend).run(install_signals=False)
+    assert not result.failed, err.getvalue()
+    assert backend.bumps == [1] and result.totals.transactions_aborted == 1, err.getvalue()
+    assert "epoch was bumped" in err.getvalue(), err.getvalue()
+    problems = exactly_once_problems(landed(bootstrap, topics), destinations(bootstrap, topics, work))
+    assert not problems, "read_committed: " + "; ".join(problems) + err.getvalue()[-2000:]
+    _, wrong = query_mismatches(bootstrap, group, work, expected)
+    assert not wrong, wrong[:5]
