@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak bench image lint dashboard chromium kafka-fetch kafka-start kafka-stop kafka-status kafka-logs topics generate clean
+.PHONY: run test soak bench image lint dashboard chromium kafka-fetch kafka-start kafka-start-secure kafka-stop kafka-status kafka-logs topics generate clean
 
 run: $(STAMP) kafka-fetch          ## broker + topics + generator + consumer; Ctrl+C stops it
 	$(PY) -m loginpipe.local.stack
@@ -41,6 +41,10 @@ kafka-fetch: $(STAMP)
 
 kafka-start: kafka-fetch
 	$(PY) -m loginpipe.local.broker start
+
+# the same node with SASL_SSL on 29094 (SCRAM-SHA-512), ACLs, and .kafka/secrets/client.properties
+kafka-start-secure: kafka-fetch
+	$(PY) -m loginpipe.local.broker start --secure
 
 kafka-stop: $(STAMP)
 	$(PY) -m loginpipe.local.broker stop

@@ -9,13 +9,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from loginpipe.core.events import is_app_version
 from loginpipe.errors import UserError
-
-DEFAULT_BOOTSTRAP = "127.0.0.1:29092"
+from loginpipe.kafka.settings import (
+    DEFAULT_BOOTSTRAP,
+    MECHANISMS,
+    OFFSET_RESETS,
+    PASSWORD_ENV,
+    PROTOCOLS,
+    Connection,
+    build_connection,
+)
 
 
 class EnvArgumentParser(argparse.ArgumentParser):
@@ -108,8 +115,70 @@ flag.__name__ = "boolean (true/false)"
 
 
 def add_bootstrap_argument(parser: EnvArgumentParser) -> None:
-    parser.add_env_argument("--bootstrap-servers", env="BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP,
-                            help="Kafka bootstrap servers, comma-separated host:port")
+    """The cluster's address and every connection setting (TLS, SASL, a client properties file,
+    the offset reset): the same flags, with the same environment twins, for every tool."""
+    group = parser.add_argument_group(
+        "connection", f"Flags override --client-config; the SASL password is read from ${PASSWORD_ENV} "
+                      "or --sasl-password-file, never from a flag.")
+    add = group.add_argument
+    add("--bootstrap-servers", default=None, help="Kafka bootstrap servers, comma-separated host:port "
+        f"(default {DEFAULT_BOOTSTRAP}) [env BOOTSTRAP_SERVERS]")
+    add("--client-config", metavar="FILE", default=None,
+        help="a Kafka client properties file (security.protocol, sasl.*, ssl.* with PEM files, "
+             "bootstrap.servers), as Kafka's tools take with --command-config [env CLIENT_CONFIG]")
+    add("--security-protocol", type=choice(PROTOCOLS), metavar="{" + ",".join(PROTOCOLS) + "}",
+        default=None, help="default PLAINTEXT [env SECURITY_PROTOCOL]")
+    add("--sasl-mechanism", type=choice(MECHANISMS), metavar="{" + ",".join(MECHANISMS) + "}",
+        default=None, help="[env SASL_MECHANISM]")
+    add("--sasl-username", default=None, help="[env SASL_USERNAME]")
+    add("--sasl-password-file", metavar="FILE", default=None,
+        help=f"read the SASL password from this file (or set ${PASSWORD_ENV}) [env SASL_PASSWORD_FILE]")
+    add("--ssl-cafile", metavar="PEM", default=None,
+        help="CA certificates to trust (default: the system's) [env SSL_CAFILE]")
+    add("--ssl-certfile", metavar="PEM", default=None,
+        help="mutual TLS: this client's certificate (chain) [env SSL_CERTFILE]")
+    add("--ssl-keyfile", metavar="PEM", default=None, help="mutual TLS: its private key [env SSL_KEYFILE]")
+    add("--offset-reset", type=choice(OFFSET_RESETS), metavar="{earliest,latest}", default=None,
+        help="where a consumer group without committed offsets starts (default earliest) "
+             "[env OFFSET_RESET]")
+
+
+# each connection flag's environment twin (read in connection_from_args, so that the flags, their
+# twins and the properties file combine in one place: flag > env > file > default)
+CONNECTION_ENV = {
+    "bootstrap_servers": "BOOTSTRAP_SERVERS", "security_protocol": "SECURITY_PROTOCOL",
+    "sasl_mechanism": "SASL_MECHANISM", "sasl_username": "SASL_USERNAME",
+    "sasl_password_file": "SASL_PASSWORD_FILE", "ssl_cafile": "SSL_CAFILE", "ssl_certfile": "SSL_CERTFILE",
+    "ssl_keyfile": "SSL_KEYFILE", "offset_reset": "OFFSET_RESET",
+}
+CONVERTERS = {"security_protocol": str.upper, "sasl_mechanism": str.upper, "offset_reset": str.lower}
+
+
+def connection_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Connection:
+    """The connection the user asked for; a UserError naming what cannot work."""
+    environ = os.environ if environ is None else environ
+    flags = {}
+    for name, env in CONNECTION_ENV.items():
+        value = getattr(args, name, None)
+        if value is None and environ.get(env):
+            value = CONVERTERS.get(name, str)(environ[env])
+        flags[name] = value
+    config_file = getattr(args, "client_config", None) or environ.get("CLIENT_CONFIG") or None
+    connection = build_connection(flags, environ, config_file)
+    if connection.bootstrap_servers == "":
+        raise UserError("--bootstrap-servers is empty")
+    return connection
+
+
+def choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    """One of ``options``, case-insensitively (Kafka writes SASL_SSL, users may type sasl_ssl)."""
+    def convert(text: str) -> str:
+        for option in options:
+            if text.lower() == option.lower():
+                return option
+        raise ValueError(text)
+    convert.__name__ = "one of " + ", ".join(options)
+    return convert
 
 
 def run_cli(main: Callable[[], int]) -> int:

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from loginpipe.cli import (
-    DEFAULT_BOOTSTRAP,
     EnvArgumentParser,
     add_bootstrap_argument,
+    connection_from_args,
     flag,
     non_negative_float,
     optional_topic,
@@ -24,6 +24,7 @@ from loginpipe.cli import (
 from loginpipe.core.events import MAX_FUTURE_SKEW_S
 from loginpipe.core.privacy import MIN_SECRET_BYTES, SECRET_ENV, Privacy
 from loginpipe.errors import UserError
+from loginpipe.kafka.settings import Connection
 from loginpipe.state.stores import DEFAULT_MAX_TRACKED_KEYS
 from loginpipe.topics import (
     DEFAULT_GROUP,
@@ -45,7 +46,9 @@ EXACTLY_ONCE_COMMIT_INTERVAL_MS = 100
 class PipelineConfig:
     """Every setting of the consumer pipeline (create_kafka_consumer.py)."""
 
-    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    # where the cluster is and how to connect (TLS, SASL, offset reset); a plain "host:port" string
+    # is taken as a PLAINTEXT cluster there
+    connection: Connection | str = field(default_factory=Connection)
     input_topic: str = INPUT_TOPIC
     output_topic: str = OUTPUT_TOPIC
     dlq_topic: str = DLQ_TOPIC
@@ -74,6 +77,7 @@ class PipelineConfig:
     metrics_topic: str | None = METRICS_TOPIC
     metrics_interval_s: float = 5.0
     metrics_port: int | None = None  # None: no Prometheus endpoint
+    metrics_bind: str = "127.0.0.1"  # this machine only, unless asked (compose opens it on purpose)
     # A batch not acknowledged this long after it was queued fails; the producer is then replaced.
     delivery_timeout_ms: int = 30_000
     shutdown_timeout_s: float = 20.0  # Ctrl+C/SIGTERM: flush at most this long, then exit 1
@@ -83,6 +87,13 @@ class PipelineConfig:
     # exactly-once: each worker writes its outputs, state changes and input offsets in one Kafka
     # transaction per checkpoint (README, "Processing guarantees")
     processing_guarantee: str = AT_LEAST_ONCE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "connection", Connection.of(self.connection))
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.connection.bootstrap_servers
 
     @property
     def exactly_once(self) -> bool:
@@ -173,7 +184,9 @@ def build_pipeline_parser() -> EnvArgumentParser:
     add("--metrics-interval", env="METRICS_INTERVAL", type=positive_float,
         default=defaults.metrics_interval_s, help="every S seconds")
     add("--metrics-port", env="METRICS_PORT", type=port_number, default=None,
-        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (unset: off)")
+        help="serve Prometheus metrics at http://BIND:PORT/metrics (unset: off)")
+    add("--metrics-bind", env="METRICS_BIND", default=defaults.metrics_bind,
+        help="the address the metrics endpoint listens on (0.0.0.0: every interface)")
     return parser
 
 
@@ -192,7 +205,7 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
     args = build_pipeline_parser().parse_args(argv)
     privacy = privacy_from_environment() if args.privacy else None
     return PipelineConfig(
-        bootstrap_servers=args.bootstrap_servers, input_topic=args.input_topic,
+        connection=connection_from_args(args), input_topic=args.input_topic,
         output_topic=args.output_topic, dlq_topic=args.dlq_topic, group_id=args.group_id,
         threads=args.threads, processes=args.processes, stats_every=args.stats_every,
         stats_interval_s=args.stats_interval,
@@ -205,7 +218,8 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
         filtered_topic=args.filtered_topic, summary_topic=args.summary_topic,
         summary_every=args.summary_every, summary_interval_s=args.summary_interval,
         metrics_topic=args.metrics_topic, metrics_interval_s=args.metrics_interval,
-        metrics_port=args.metrics_port, delivery_timeout_ms=args.delivery_timeout_ms,
+        metrics_port=args.metrics_port, metrics_bind=args.metrics_bind,
+        delivery_timeout_ms=args.delivery_timeout_ms,
         shutdown_timeout_s=args.shutdown_timeout, max_in_flight=args.max_in_flight,
         max_in_flight_mib=args.max_in_flight_mib, group_instance_id=args.group_instance_id or None,
         processing_guarantee=args.processing_guarantee,

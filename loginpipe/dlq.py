@@ -18,7 +18,7 @@ from typing import BinaryIO, TextIO
 
 import orjson
 
-from loginpipe.cli import EnvArgumentParser, add_bootstrap_argument, run_cli
+from loginpipe.cli import EnvArgumentParser, add_bootstrap_argument, connection_from_args, run_cli
 from loginpipe.config import privacy_from_environment
 from loginpipe.core.privacy import SECRET_ENV, EnvelopeError, NotAnEnvelope, Privacy, Sealed, SourcePosition
 from loginpipe.core.records import (
@@ -80,7 +80,7 @@ def _from_file(privacy: Privacy, path: Path) -> tuple[Sealed, str | None]:
 def _from_kafka(privacy: Privacy, args: argparse.Namespace) -> tuple[Sealed, str | None]:
     """The dead letter at --partition/--offset of --topic, and its dlq-reason."""
     where = f"{args.topic} partition {args.partition} offset {args.offset}"
-    envelope, headers = fetch(args.bootstrap_servers, args.topic, args.partition, args.offset)
+    envelope, headers = fetch(connection_from_args(args), args.topic, args.partition, args.offset)
     sealed = _open(privacy, envelope, where)
     _check_position(sealed.source, headers, where)
     return sealed, headers.get(REASON_HEADER, b"").decode("utf-8", "replace") or None

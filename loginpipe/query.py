@@ -18,7 +18,13 @@ from typing import Any, Protocol
 
 import orjson
 
-from loginpipe.cli import EnvArgumentParser, add_bootstrap_argument, positive_float, run_cli
+from loginpipe.cli import (
+    EnvArgumentParser,
+    add_bootstrap_argument,
+    connection_from_args,
+    positive_float,
+    run_cli,
+)
 from loginpipe.errors import UserError
 from loginpipe.kafka.admin import STALL_TIMEOUT_S, describe_partitions, read_topic
 from loginpipe.state.changelog import finish_restore, restore_device, restore_login
@@ -193,7 +199,7 @@ def build_parser() -> EnvArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logins, devices = read_group_state(args.bootstrap_servers, args.group_id, args.timeout)
+    logins, devices = read_group_state(connection_from_args(args), args.group_id, args.timeout)
     if args.command == "totals":
         answer = totals_answer(logins, devices)
         text = totals_table(answer)

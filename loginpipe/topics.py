@@ -111,11 +111,12 @@ def build_parser() -> EnvArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from loginpipe.cli import connection_from_args
     from loginpipe.kafka.admin import ensure_topics
 
     args = build_parser().parse_args(argv)
     specs = TOPICS + InternalTopics.of(DEFAULT_GROUP).specs()
-    results = ensure_topics(args.bootstrap_servers, specs, args.partitions, args.replication_factor)
+    results = ensure_topics(connection_from_args(args), specs, args.partitions, args.replication_factor)
     for result in results:
         print(result.describe())
     return 0 if all(r.ok for r in results) else 2

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loginpipe.local.broker import DEFAULT_HOME, LocalBroker, broker_answers, ensure_jars, free_port
+from loginpipe.local.secrets import ADMIN_USER, NOWRITE_USER, PIPELINE_USER, client_settings
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +68,51 @@ def reaper() -> Iterator[list]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    """The session's secure broker: SASL_SSL (SCRAM-SHA-512) beside PLAINTEXT, plus mutual TLS.
+    Passwords are kept out of repr, so no assertion message shows them."""
+
+    broker: LocalBroker
+    bootstrap: str  # SASL_SSL
+    plaintext_bootstrap: str  # PLAINTEXT, whose anonymous user is a super user
+    mtls_bootstrap: str  # SSL with client certificates
+    secrets_dir: Path
+    ca_file: Path
+    client_properties: Path  # the pipeline's user
+    admin_properties: Path
+    nowrite_properties: Path
+    user: str = PIPELINE_USER
+    admin_user: str = ADMIN_USER
+    nowrite_user: str = NOWRITE_USER
+    password: str = field(default="", repr=False)
+    admin_password: str = field(default="", repr=False)
+    nowrite_password: str = field(default="", repr=False)
+
+    def settings(self, user: str = PIPELINE_USER, **overrides: Any) -> dict[str, Any]:
+        """kafka-python keyword arguments for ``user`` over SASL_SSL."""
+        return {**client_settings(self.broker.secrets.properties_file(user)), **overrides}
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(kafka_libs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """An isolated secure broker (start --secure --mtls) on free ports, for the whole session."""
+    broker = LocalBroker(home=tmp_path_factory.mktemp("secure-kafka"), port=free_port(),
+                         controller_port=free_port(), heap_mb=512, libs=kafka_libs, secure=True,
+                         secure_port=free_port(), mtls_port=free_port())
+    broker.start(quiet=True)
+    try:
+        secrets = broker.secrets
+        yield SecureKafka(
+            broker=broker, bootstrap=broker.secure_bootstrap_servers,
+            plaintext_bootstrap=broker.bootstrap_servers, mtls_bootstrap=str(broker.mtls_bootstrap_servers),
+            secrets_dir=secrets.dir, ca_file=secrets.ca_file,
+            client_properties=secrets.properties_file(PIPELINE_USER),
+            admin_properties=secrets.properties_file(ADMIN_USER),
+            nowrite_properties=secrets.properties_file(NOWRITE_USER),
+            password=secrets.password(PIPELINE_USER), admin_password=secrets.password(ADMIN_USER),
+            nowrite_password=secrets.password(NOWRITE_USER))
+    finally:
+        broker.stop()

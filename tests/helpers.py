@@ -129,7 +129,7 @@ def generated(n: int, seed: int, bad_ratio: float = 0.05, users: int = 2000) -> 
 def run_pipeline(bootstrap: str, topics: PipelineTopics, group: str, idle_s: float = 3.0,
                  filtered: bool = False, **overrides) -> RunResult:
     """Run the pipeline in this process until it has been idle for ``idle_s``."""
-    config = PipelineConfig(bootstrap_servers=bootstrap, group_id=group, stop_when_idle_s=idle_s,
+    config = PipelineConfig(connection=bootstrap, group_id=group, stop_when_idle_s=idle_s,
                             quiet=True, **{**topics.config(filtered), **overrides})
     return Application(config, out=io.StringIO(), err=io.StringIO()).run(install_signals=False)
 

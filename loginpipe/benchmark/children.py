@@ -523,7 +523,7 @@ def _restore_like_a_worker(bootstrap: str, topics, partitions: dict[str, int]) -
     from loginpipe.state.stores import DeviceState, LoginState
 
     backend = KafkaPythonBackend()
-    config = PipelineConfig(bootstrap_servers=bootstrap)
+    config = PipelineConfig(connection=bootstrap)
     restorer = Restorer(lambda: backend.reader(config), Warner())
     logins = [LoginState(p) for p in range(partitions[topics.changelog])]
     devices = [DeviceState(p) for p in range(partitions[topics.device_changelog])]

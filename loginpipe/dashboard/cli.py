@@ -10,6 +10,7 @@ from pathlib import Path
 from loginpipe.cli import (
     EnvArgumentParser,
     add_bootstrap_argument,
+    connection_from_args,
     optional_topic,
     port_number,
     positive_float,
@@ -59,7 +60,7 @@ def build_parser() -> EnvArgumentParser:
 
 
 def settings_of(args) -> DashboardSettings:
-    return DashboardSettings(args.bootstrap_servers, args.summary_topic, args.metrics_topic,
+    return DashboardSettings(connection_from_args(args), args.summary_topic, args.metrics_topic,
                              args.output_topic, args.group_id, args.refresh)
 
 
@@ -71,6 +72,7 @@ def dashboard_settings(argv: list[str]) -> DashboardSettings:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    connection_from_args(args)  # a connection setting that cannot work fails here, in one line
     if importlib.util.find_spec("streamlit") is None:
         raise UserError("streamlit is not installed: pip install -r requirements-dashboard.txt")
     if not port_is_free(args.port, "127.0.0.1" if args.address == "0.0.0.0" else args.address):

@@ -21,6 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from loginpipe.dashboard.view import METRICS_KEPT, RECENT_KEPT, Board, View, make_view
+from loginpipe.kafka.settings import Connection, kafka_options
 from loginpipe.observe.summary import PARTITION_SCHEMA_ID
 from loginpipe.waiting import any_reachable
 
@@ -35,7 +36,7 @@ class TopicMissing(Exception):
 
 @dataclass(frozen=True)
 class DashboardSettings:
-    bootstrap_servers: str
+    bootstrap_servers: str | Connection  # a string: a PLAINTEXT cluster
     summary_topic: str
     metrics_topic: str
     output_topic: str
@@ -92,8 +93,9 @@ class Feed:
         self._snapshots = self._tail = None
 
     def _step(self) -> None:
-        if not any_reachable(self.settings.bootstrap_servers, timeout_s=1.0):
-            self._set(connected=False, error=f"no broker answers at {self.settings.bootstrap_servers}")
+        where = Connection.of(self.settings.bootstrap_servers).bootstrap_servers
+        if not any_reachable(where, timeout_s=1.0):
+            self._set(connected=False, error=f"no broker answers at {where}")
             self._stop.wait(RETRY_S)
             return
         if self._snapshots is None:
@@ -108,7 +110,7 @@ class Feed:
             self._read_recent()
 
     def _consumer(self) -> KafkaConsumer:
-        return KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
+        return KafkaConsumer(**kafka_options(self.settings.bootstrap_servers), group_id=None,
                              enable_auto_commit=False, client_id="loginpipe-dashboard",
                              isolation_level="read_committed",  # outputs may be transactional
                              reconnect_backoff_max_ms=2_000, request_timeout_ms=10_000,

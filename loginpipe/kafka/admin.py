@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from loginpipe.errors import UserError
+from loginpipe.kafka.failures import explain, forget, watch
+from loginpipe.kafka.settings import Connection, kafka_options
 from loginpipe.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -27,7 +29,8 @@ READ_TIMEOUT_S = 15.0
 # read_topic gives up after this long without progress: a big changelog may take minutes to read,
 # and that is fine as long as it moves; a partition whose leader is gone never would.
 STALL_TIMEOUT_S = 30.0
-PROGRESS_EVERY = 200_000  # records between progress lines of read_topic
+PROGRESS_EVERY = 200_000
+TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error code  # records between progress lines of read_topic
 
 
 class TopicLike(Protocol):
@@ -65,19 +68,24 @@ class FetchedRecord:
     headers: dict[str, bytes]
 
 
-def _unreachable(bootstrap_servers: str, exc: BaseException) -> UserError:
-    return UserError(f"cannot reach a Kafka broker at {bootstrap_servers} "
-                     f"({type(exc).__name__}); is it running? (make kafka-start)")
+def unreachable(where: str | Connection, exc: BaseException) -> UserError:
+    """One line for a client that could not start: what failed, and what to check."""
+    return UserError(explain(where, exc))
 
 
-def admin_client(bootstrap_servers: str, timeout_s: float = ADMIN_TIMEOUT_S) -> KafkaAdminClient:
+_unreachable = unreachable
+
+
+def admin_client(bootstrap_servers: str | Connection, timeout_s: float = ADMIN_TIMEOUT_S) -> KafkaAdminClient:
     """A KafkaAdminClient, or a UserError naming the broker when none answers in ``timeout_s``."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    watch()
+    forget()
     try:
         return KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
+            **kafka_options(bootstrap_servers),
             bootstrap_timeout_ms=int(timeout_s * 1000),
             request_timeout_ms=int(timeout_s * 1000),
             reconnect_backoff_max_ms=1000,
@@ -87,7 +95,7 @@ def admin_client(bootstrap_servers: str, timeout_s: float = ADMIN_TIMEOUT_S) -> 
         raise _unreachable(bootstrap_servers, exc) from None
 
 
-def describe_partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
+def describe_partitions(bootstrap: str | Connection, names: list[str]) -> dict[str, int]:
     """The partition count of each of ``names`` that exists (missing ones are left out);
     a one-line UserError when no broker answers."""
     admin = admin_client(bootstrap)
@@ -97,7 +105,7 @@ def describe_partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
         admin.close()
 
 
-def ensure_topics(bootstrap_servers: str, specs: Sequence[TopicLike], partitions: int,
+def ensure_topics(bootstrap_servers: str | Connection, specs: Sequence[TopicLike], partitions: int,
                   replication_factor: int = 1) -> list[TopicResult]:
     """Create the topics that are missing; report the ones that exist."""
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -141,7 +149,32 @@ def _partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, in
     return counts
 
 
-def delete_topics(bootstrap_servers: str, names: list[str]) -> None:
+def missing_permissions(where: str | Connection, wanted: Mapping[str, Sequence[str]]) -> list[str]:
+    """"<OPERATION> topic <name>" for each operation of ``wanted`` ({topic: operations}) the
+    connected user may not perform, from the operations the broker says it authorizes (all of
+    them without an authorizer). Checked before the first record: a missing ACL is one clear
+    line at start, not a retry loop later."""
+    from kafka.errors import KafkaError
+
+    admin = admin_client(where)
+    try:
+        described = admin.describe_topics(list(wanted))
+    except KafkaError as exc:
+        raise UserError(f"cannot describe topics at {Connection.of(where).describe()}: {exc}") from None
+    finally:
+        admin.close()
+    missing = []
+    for topic in described:
+        name, allowed = topic["name"], topic.get("authorized_operations")
+        if topic.get("error_code") == TOPIC_AUTHORIZATION_FAILED:
+            missing.append(f"DESCRIBE topic {name}")
+        elif allowed is not None:  # None: the broker did not say; the clients will find out
+            missing.extend(f"{operation} topic {name}" for operation in wanted.get(name, ())
+                           if operation not in allowed)
+    return missing
+
+
+def delete_topics(bootstrap_servers: str | Connection, names: list[str]) -> None:
     """Delete topics (used by tests and the benchmark to clean up after themselves)."""
     admin = admin_client(bootstrap_servers)
     try:
@@ -150,15 +183,17 @@ def delete_topics(bootstrap_servers: str, names: list[str]) -> None:
         admin.close()
 
 
-def read_record(bootstrap: str, topic: str, partition: int, offset: int,
+def read_record(bootstrap: str | Connection, topic: str, partition: int, offset: int,
                 timeout_s: float = READ_TIMEOUT_S) -> FetchedRecord:
     """The key, value and headers of the one record at ``topic``/``partition``/``offset``; a
     one-line UserError when the broker does not answer or no such record exists."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
+    watch()
+    forget()
     try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        consumer = KafkaConsumer(**kafka_options(bootstrap), group_id=None, enable_auto_commit=False,
                                  isolation_level="read_committed", client_id="loginpipe-dlq",
                                  bootstrap_timeout_ms=5_000, request_timeout_ms=10_000, max_poll_records=1)
     except (KafkaError, OSError) as exc:
@@ -200,7 +235,7 @@ def _poll_one(consumer: KafkaConsumer, tp: TopicPartition, timeout_s: float) -> 
     return wait_until(first, timeout_s, interval_s=0)
 
 
-def read_topic(bootstrap_servers: str, topic: str, on_record: Callable[[ConsumerRecord], None],
+def read_topic(bootstrap_servers: str | Connection, topic: str, on_record: Callable[[ConsumerRecord], None],
                timeout_s: float = STALL_TIMEOUT_S, progress_every: int = PROGRESS_EVERY) -> int:
     """Call ``on_record`` with every record of ``topic`` (anything with ``partition``, ``key``,
     ``value``), from the beginning of each partition up to its end offset as of this call, in
@@ -220,15 +255,17 @@ def read_topic(bootstrap_servers: str, topic: str, on_record: Callable[[Consumer
         consumer.close()
 
 
-def _reading_consumer(bootstrap_servers: str) -> KafkaConsumer:
+def _reading_consumer(bootstrap_servers: str | Connection) -> KafkaConsumer:
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
+    watch()
+    forget()
     try:
         # read_committed: what a transactional writer aborted is not state. No auto-creation: a
         # mistyped group must not leave an empty, uncompacted topic behind. Earliest: should the
         # log start move while we read, carry on from the new one (what was before it is gone).
-        return KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+        return KafkaConsumer(**kafka_options(bootstrap_servers), group_id=None, enable_auto_commit=False,
                              isolation_level="read_committed", allow_auto_create_topics=False,
                              auto_offset_reset="earliest", client_id="loginpipe-query",
                              bootstrap_timeout_ms=5_000, request_timeout_ms=15_000, max_poll_records=10_000)

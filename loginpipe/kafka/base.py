@@ -28,6 +28,19 @@ class NotQueued(ClientError):
     again; the producer itself is not broken."""
 
 
+class NotAuthorized(Exception):
+    """The cluster refuses this user an operation (a missing ACL): retrying cannot help, so the
+    run stops with one line naming it. Not a ClientError, which the runtime rides out."""
+
+
+def is_authorization_failure(exc: BaseException | None) -> bool:
+    """Kafka's authorization errors, by their protocol names (TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError, TransactionalIdAuthorizationFailedError, ...), whichever client
+    raised them."""
+    return exc is not None and (isinstance(exc, NotAuthorized)
+                                or type(exc).__name__.endswith("AuthorizationFailedError"))
+
+
 class CommitRejected(ClientError):
     """The group moved on: this member no longer owns the partitions it tried to commit."""
 
@@ -183,13 +196,17 @@ class Backend(Protocol):
 
     def reader(self, config) -> Reader: ...
 
-    def topic_partitions(self, bootstrap_servers: str, names: Sequence[str]) -> dict[str, int]:
+    def topic_partitions(self, connection: Any, names: Sequence[str]) -> dict[str, int]:
         """Partition counts of the topics that exist; UserError when no broker answers."""
         ...
 
-    def create_topics(self, bootstrap_servers: str, specs: Sequence[Any], partitions: int) -> None:
+    def create_topics(self, connection: Any, specs: Sequence[Any], partitions: int) -> None:
         """Create the topics of ``specs`` (``topics.TopicSpec``) that are missing, with
         ``partitions`` each; UserError when that fails."""
         ...
 
-    def reachable(self, bootstrap_servers: str) -> bool: ...
+    def reachable(self, connection: Any) -> bool: ...
+
+    def missing_permissions(self, connection: Any, wanted: dict[str, list[str]]) -> list[str]:
+        """"<OPERATION> topic <name>" for each operation in ``wanted`` the user may not do."""
+        ...

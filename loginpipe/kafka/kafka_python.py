@@ -13,15 +13,18 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from loginpipe.errors import UserError
-from loginpipe.kafka.admin import describe_partitions, ensure_topics
+from loginpipe.kafka.admin import describe_partitions, ensure_topics, missing_permissions
 from loginpipe.kafka.base import (
     ClientError,
     CommitRejected,
     Failed,
+    NotAuthorized,
     NotQueued,
     RebalanceListener,
     TopicPartition,
+    is_authorization_failure,
 )
+from loginpipe.kafka.settings import Connection, kafka_options
 from loginpipe.waiting import any_reachable
 
 FORCE_CLOSE_JOIN_S = 5.0
@@ -41,12 +44,12 @@ class KafkaPythonBackend:
         instance = config.group_instance_id
         try:
             return KafkaPythonConsumer(KafkaConsumer(
-                bootstrap_servers=config.bootstrap_servers,
+                **kafka_options(config.connection),
                 group_id=config.group_id,
                 group_instance_id=f"{instance}-{index}" if instance else None,
                 client_id=f"loginpipe-worker-{index}",
                 enable_auto_commit=False,
-                auto_offset_reset="earliest",
+                auto_offset_reset=config.connection.offset_reset,
                 max_poll_records=config.max_poll_records,
                 fetch_max_wait_ms=100,
                 max_partition_fetch_bytes=2 * 1024 * 1024,
@@ -60,56 +63,34 @@ class KafkaPythonBackend:
                 isolation_level="read_committed" if config.exactly_once else "read_uncommitted",
             ))
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
 
     def producer(self, config) -> KafkaPythonProducer:
         try:
             return KafkaPythonProducer(KafkaProducer(
-                bootstrap_servers=config.bootstrap_servers,
-                client_id="loginpipe-pipeline",
-                acks="all",
-                enable_idempotence=True,
-                compression_type="snappy",
-                linger_ms=config.linger_ms,
-                batch_size=config.batch_size,
-                delivery_timeout_ms=config.delivery_timeout_ms,
-                request_timeout_ms=min(10_000, config.delivery_timeout_ms // 2),
-                # A send() that cannot queue (no metadata while the broker is away) gives up this
-                # soon, so a worker is never stuck longer than this in a client call.
-                max_block_ms=5_000,
-                reconnect_backoff_max_ms=2_000,
-                bootstrap_timeout_ms=10_000,
-            ))
+                **_producer_settings(config), client_id="loginpipe-pipeline",
+                delivery_timeout_ms=config.delivery_timeout_ms))
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
 
     def transactional_producer(self, config, transactional_id: str) -> KafkaPythonTransactions:
         try:
             return KafkaPythonTransactions(KafkaProducer(
-                bootstrap_servers=config.bootstrap_servers,
+                **_producer_settings(config),
                 client_id=f"loginpipe-{transactional_id}",
                 transactional_id=transactional_id,
-                acks="all",
-                enable_idempotence=True,
-                compression_type="snappy",
-                linger_ms=config.linger_ms,
-                batch_size=config.batch_size,
                 # A transaction never outlives a broker outage half-sent: the broker aborts what
                 # stays open this long, and the worker starts again from the last commit.
                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                 delivery_timeout_ms=max(config.delivery_timeout_ms, TRANSACTION_TIMEOUT_MS),
-                request_timeout_ms=min(10_000, config.delivery_timeout_ms // 2),
-                max_block_ms=5_000,
-                reconnect_backoff_max_ms=2_000,
-                bootstrap_timeout_ms=10_000,
             ))
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
 
     def reader(self, config) -> KafkaPythonReader:
         try:
             return KafkaPythonReader(KafkaConsumer(
-                bootstrap_servers=config.bootstrap_servers,
+                **kafka_options(config.connection),
                 group_id=None,
                 client_id="loginpipe-restore",
                 enable_auto_commit=False,
@@ -123,18 +104,45 @@ class KafkaPythonBackend:
                 bootstrap_timeout_ms=10_000,
             ))
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
 
-    def topic_partitions(self, bootstrap_servers: str, names: Sequence[str]) -> dict[str, int]:
-        return describe_partitions(bootstrap_servers, list(names))
+    def topic_partitions(self, connection: Connection, names: Sequence[str]) -> dict[str, int]:
+        return describe_partitions(connection, list(names))
 
-    def create_topics(self, bootstrap_servers: str, specs: Sequence, partitions: int) -> None:
-        failed = [r.describe() for r in ensure_topics(bootstrap_servers, specs, partitions) if not r.ok]
+    def create_topics(self, connection: Connection, specs: Sequence, partitions: int) -> None:
+        failed = [r.describe() for r in ensure_topics(connection, specs, partitions) if not r.ok]
         if failed:
             raise UserError("; ".join(failed))
 
-    def reachable(self, bootstrap_servers: str) -> bool:
-        return any_reachable(bootstrap_servers)
+    def missing_permissions(self, connection: Connection, wanted: dict[str, list[str]]) -> list[str]:
+        return missing_permissions(connection, wanted)
+
+    def reachable(self, connection: Connection) -> bool:
+        return any_reachable(Connection.of(connection).bootstrap_servers)
+
+
+def _refused(exc: BaseException, text: str) -> Exception:
+    """What a failed client call raises: NotAuthorized for a missing ACL (retrying cannot help),
+    ClientError, which the runtime rides out, for anything else."""
+    return NotAuthorized(str(exc)) if is_authorization_failure(exc) else ClientError(text)
+
+
+def _producer_settings(config) -> dict:
+    """What both producers share: the connection and the measured batching (README, Performance)."""
+    return dict(
+        **kafka_options(config.connection),
+        acks="all",
+        enable_idempotence=True,
+        compression_type="snappy",
+        linger_ms=config.linger_ms,
+        batch_size=config.batch_size,
+        request_timeout_ms=min(10_000, config.delivery_timeout_ms // 2),
+        # A send() that cannot queue (no metadata while the broker is away) gives up this soon,
+        # so a worker is never stuck longer than this in a client call.
+        max_block_ms=5_000,
+        reconnect_backoff_max_ms=2_000,
+        bootstrap_timeout_ms=10_000,
+    )
 
 
 def _kafka_tps(partitions) -> list[KafkaTopicPartition]:
@@ -176,7 +184,7 @@ class KafkaPythonConsumer:
         try:
             self._consumer.partitions_for_topic(topic)
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
 
     def poll(self, timeout_ms: int, max_records: int) -> dict:
         if self._rejoining():  # see _unstick_rejoin: wait for the join, or it is thrown away
@@ -184,7 +192,7 @@ class KafkaPythonConsumer:
         try:
             polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:  # e.g. the broker went away mid-request
-            raise ClientError(str(exc)) from exc
+            raise _refused(exc, str(exc)) from exc
         self._unstick_rejoin()
         return polled
 
@@ -221,7 +229,7 @@ class KafkaPythonConsumer:
         except CommitFailedError as exc:
             raise CommitRejected(repr(exc)) from exc
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
 
     def assignment(self) -> set:
         return self._consumer.assignment()
@@ -266,7 +274,7 @@ class KafkaPythonConsumer:
                                                  timeout_ms=int(timeout_s * 1000))
                     for tp in partitions}
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
 
     def seek_to_beginning(self, partitions) -> None:
         self._consumer.seek_to_beginning(*_kafka_tps(partitions))
@@ -298,14 +306,14 @@ class KafkaPythonReader:
         try:
             ends = self._consumer.end_offsets(_kafka_tps(partitions))
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
         return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
     def poll(self, timeout_ms: int, max_records: int) -> dict:
         try:
             return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:
-            raise ClientError(str(exc)) from exc
+            raise _refused(exc, str(exc)) from exc
 
     def position(self, tp) -> int | None:
         try:
@@ -335,6 +343,8 @@ class KafkaPythonProducer:
         # RuntimeError: another thread closed this producer meanwhile (Sender.replace), and
         # kafka-python's closed network loop refuses the send ("NetworkSelector closed!").
         except (KafkaError, RuntimeError) as exc:
+            if is_authorization_failure(exc):  # a topic this user may not even describe
+                raise NotAuthorized(str(exc)) from exc
             failed = Failed(NotQueued(repr(exc)))
             futures.extend(failed for _ in range(len(records) - len(futures)))
         return futures
@@ -343,7 +353,7 @@ class KafkaPythonProducer:
         try:
             self._producer.flush(timeout=timeout_s)
         except (KafkaError, RuntimeError) as exc:  # RuntimeError: closed meanwhile (see send_batch)
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
 
     def close(self, timeout_s: float) -> None:
         producer = self._producer
@@ -372,7 +382,7 @@ class KafkaPythonTransactions(KafkaPythonProducer):
         try:
             self._producer.init_transactions()  # waits up to max_block_ms, then may be called again
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
 
     _begun_as: tuple | None = None
 
@@ -380,7 +390,7 @@ class KafkaPythonTransactions(KafkaPythonProducer):
         try:
             self._producer.begin_transaction()
         except KafkaError as exc:
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
         self._begun_as = self._producer_id_and_epoch()
 
     def _producer_id_and_epoch(self) -> tuple:
@@ -407,7 +417,7 @@ class KafkaPythonTransactions(KafkaPythonProducer):
                 self._check_epoch()
             self._wait(manager.begin_commit(), deadline)
         except (KafkaError, RuntimeError) as exc:  # RuntimeError: closed meanwhile (see send_batch)
-            raise ClientError(repr(exc)) from exc
+            raise _refused(exc, repr(exc)) from exc
         # The commit waited for every record of the transaction first, so a bump caused by one
         # of them has happened by now; none of a later transaction's records has been sent yet.
         self._check_epoch()

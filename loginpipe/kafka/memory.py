@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from loginpipe.errors import UserError
 from loginpipe.kafka.base import ClientError, CommitRejected, Failed, NotQueued, RebalanceListener
@@ -505,15 +506,18 @@ class MemoryBackend:
     def reader(self, config) -> MemoryReader:
         return MemoryReader(self.cluster)
 
-    def create_topics(self, bootstrap_servers: str, specs: Sequence, partitions: int) -> None:
+    def create_topics(self, connection: Any, specs: Sequence, partitions: int) -> None:
         for spec in specs:
             self.cluster.create_topic(spec.name, spec.partitions or partitions)
 
-    def topic_partitions(self, bootstrap_servers: str, names: Sequence[str]) -> dict[str, int]:
+    def topic_partitions(self, connection: Any, names: Sequence[str]) -> dict[str, int]:
         if not self.cluster.available:
-            raise UserError(f"no Kafka broker answers at {bootstrap_servers}")
+            raise UserError(f"no Kafka broker answers at {connection}")
         with self.cluster.lock:
             return {n: len(self.cluster.topics[n]) for n in names if n in self.cluster.topics}
 
-    def reachable(self, bootstrap_servers: str) -> bool:
+    def missing_permissions(self, connection: Any, wanted: dict[str, list[str]]) -> list[str]:
+        return []  # no ACLs in memory
+
+    def reachable(self, connection: Any) -> bool:
         return self.cluster.available

@@ -4,6 +4,10 @@ For machines without Docker. The jars come from the official ``org.apache.kafka`
 (see ``maven/pom.xml``); data, logs and the pid file live under one ignored folder.
 
     python -m loginpipe.local.broker start|stop|status|logs|fetch
+    python -m loginpipe.local.broker start --secure [--secure-only] [--mtls]
+
+``--secure`` adds a SASL_SSL listener (SCRAM-SHA-512 over TLS) and turns ACLs on; its CA, users
+and client properties files are in ``<home>/secrets`` (see ``secrets.py``).
 """
 
 from __future__ import annotations
@@ -19,11 +23,26 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from loginpipe.cli import EnvArgumentParser, run_cli
+from loginpipe.cli import EnvArgumentParser, flag, port_number, run_cli
 from loginpipe.errors import UserError
+from loginpipe.local.secrets import (
+    ADMIN_USER,
+    PIPELINE_USER,
+    SCRAM_LOGIN_MODULE,
+    SCRAM_MECHANISM,
+    USERS,
+    Secrets,
+    client_settings,
+    generate,
+    grant,
+    local_broker_acls,
+    write_client_files,
+)
 from loginpipe.waiting import wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +50,8 @@ POM = Path(__file__).resolve().parent / "maven" / "pom.xml"
 DEFAULT_HOME = PROJECT_ROOT / ".kafka"
 DEFAULT_PORT = 29092
 DEFAULT_CONTROLLER_PORT = 29093
+DEFAULT_SECURE_PORT = 29094
+DEFAULT_MTLS_PORT = 29095
 DEFAULT_HEAP_MB = 768
 START_TIMEOUT_S = 60.0
 
@@ -41,15 +62,18 @@ def kafka_version() -> str:
     return match.group(1) if match else "unknown"
 
 
-def broker_answers(bootstrap_servers: str, timeout_s: float = 3.0) -> bool:
-    """True when a broker at ``bootstrap_servers`` answers a metadata request."""
+def broker_answers(bootstrap_servers: str, timeout_s: float = 3.0,
+                   settings: Mapping[str, Any] | None = None) -> bool:
+    """True when a broker at ``bootstrap_servers`` answers a metadata request; ``settings`` are
+    kafka-python's security options (``secrets.client_settings``), which may name the servers too."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     timeout_ms = int(timeout_s * 1000)
+    options = {"bootstrap_servers": bootstrap_servers, **(settings or {})}
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
+            **options,
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=timeout_ms,
             reconnect_backoff_max_ms=500,
@@ -117,10 +141,27 @@ class LocalBroker:
     controller_port: int = DEFAULT_CONTROLLER_PORT
     heap_mb: int = DEFAULT_HEAP_MB
     libs: Path | None = None
+    secure: bool = False  # also a SASL_SSL listener, users and ACLs
+    secure_port: int = DEFAULT_SECURE_PORT
+    secure_only: bool = False  # no PLAINTEXT listener for clients at all
+    mtls_port: int | None = None  # a mutual-TLS listener (client certificates) on this port
+
+    def __post_init__(self) -> None:
+        # Both build on the secure setup: its CA signs the client certificates, its users own the ACLs.
+        if self.secure_only or self.mtls_port is not None:
+            self.secure = True
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def secure_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
+
+    @property
+    def mtls_bootstrap_servers(self) -> str | None:
+        return None if self.mtls_port is None else f"127.0.0.1:{self.mtls_port}"
 
     @property
     def libs_dir(self) -> Path:
@@ -142,6 +183,30 @@ class LocalBroker:
     def properties_file(self) -> Path:
         return self.home / "server.properties"
 
+    @property
+    def secrets(self) -> Secrets:
+        return Secrets(self.home / "secrets")
+
+    def client_listeners(self) -> dict[str, str]:
+        """Listener name -> address, of the listeners clients may use in this broker's mode."""
+        listeners = {} if self.secure_only else {"PLAINTEXT": self.bootstrap_servers}
+        if self.secure:
+            listeners["SASL_SSL"] = self.secure_bootstrap_servers
+        if self.mtls_bootstrap_servers:
+            listeners["MTLS"] = self.mtls_bootstrap_servers
+        return listeners
+
+    def running_listeners(self) -> dict[str, str]:
+        """The client listeners of the broker as it was last started (its properties file)."""
+        try:
+            text = self.properties_file.read_text()
+        except OSError:
+            return {}
+        match = re.search(r"^listeners=(.*)$", text, re.M)
+        found = dict(item.split("://", 1) for item in match.group(1).split(",")) if match else {}
+        found.pop("CONTROLLER", None)
+        return found
+
     def pid(self) -> int | None:
         """The broker's pid when our broker process is alive, else None."""
         try:
@@ -161,18 +226,92 @@ class LocalBroker:
         return self.pid() is not None
 
     def start(self, timeout_s: float = START_TIMEOUT_S, quiet: bool = False) -> str:
-        """Start the broker (idempotent) and return once it answers a metadata request."""
+        """Start the broker (idempotent) and return once it answers a metadata request; in secure
+        mode, once its users and ACLs are in place and the pipeline's user is let in."""
         if self.is_running():
-            return f"already running at {self.bootstrap_servers} (pid {self.pid()})"
-        for port in (self.port, self.controller_port):
+            return self._already_running()
+        for port in self._ports():
             if not port_is_free(port):
-                raise UserError(f"port {port} is already in use by another program; "
-                                f"stop it or choose other ports (--port/--controller-port)")
+                raise UserError(f"port {port} is already in use by another program; stop it or choose "
+                                f"other ports (--port/--controller-port/--secure-port/--mtls-port)")
         ensure_jars(self.libs_dir, quiet=quiet)
-        self._write_config()
-        self._format_storage()
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        secrets, users_missing = self._prepare_secrets() if self.secure else (None, False)
+        self._write_config(secrets)
+        self._format_storage(secrets)
         started = time.monotonic()
+        deadline = started + timeout_s
+        proc = self._launch()
+        self._wait_for(proc, self._probe_settings(), deadline)
+        if secrets is not None:
+            try:
+                self._provision(proc, secrets, users_missing, deadline)
+            except BaseException:
+                self.stop()  # half provisioned is no state to leave running
+                raise
+        message = (f"started Kafka {kafka_version()} at {_describe(self.client_listeners())} "
+                   f"(pid {proc.pid}) in {time.monotonic() - started:.1f}s")
+        return message + self._secrets_note()
+
+    def _ports(self) -> list[int]:
+        return [int(address.rpartition(":")[2]) for address in self.client_listeners().values()] + [
+            self.controller_port]
+
+    def _already_running(self) -> str:
+        """Idempotent start; a one-line error when the running broker lacks what was asked for."""
+        running = self.running_listeners()
+        differences = [f"no {name} listener" for name in self.client_listeners() if name not in running]
+        if self.secure_only and "PLAINTEXT" in running:
+            differences.append("a PLAINTEXT listener (--secure-only has none)")
+        if differences:
+            raise UserError(f"the broker running at {_describe(running)} (pid {self.pid()}) has "
+                            f"{' and '.join(differences)}: stop it first (python -m loginpipe.local.broker "
+                            f"stop), then start it with these options")
+        return f"already running at {_describe(running)} (pid {self.pid()})" + self._secrets_note()
+
+    def _secrets_note(self) -> str:
+        """Where a client finds its settings (never the passwords themselves)."""
+        if not self.secure:
+            return ""
+        secrets = self.secrets
+        return (f"\n  pipeline user {PIPELINE_USER}: {secrets.properties_file(PIPELINE_USER)}"
+                f"\n  admin user {ADMIN_USER}: {secrets.properties_file(ADMIN_USER)}"
+                f"\n  CA certificate: {secrets.ca_file}")
+
+    def _prepare_secrets(self) -> tuple[Secrets, bool]:
+        """This storage's secrets, and whether its SCRAM users still have to be created.
+
+        Secrets belong to one storage format: new storage gets new ones (its users are created by
+        the format); storage formatted earlier without them (a plain start) gets new ones too, whose
+        users are created once the broker runs (``_provision``). Otherwise they are reused."""
+        cluster_id = self._cluster_id()
+        secrets = self.secrets
+        users_missing = cluster_id is not None and not secrets.belongs_to(cluster_id)
+        if users_missing and self.secure_only:
+            # Creating them needs a listener that lets us in without them: the PLAINTEXT one.
+            raise UserError(f"the storage in {self.data_dir} has no users yet: start it once with --secure "
+                            f"(which keeps PLAINTEXT and creates them), stop it, then use --secure-only")
+        if cluster_id is None or users_missing:
+            secrets = generate(secrets.dir)
+        write_client_files(secrets, self.secure_bootstrap_servers, self.mtls_bootstrap_servers)
+        return secrets, users_missing
+
+    def _cluster_id(self) -> str | None:
+        """The formatted storage's cluster id; None before the first format."""
+        try:
+            text = (self.data_dir / "meta.properties").read_text()
+        except OSError:
+            return None
+        match = re.search(r"^cluster\.id=(\S+)", text, re.M)
+        return match.group(1) if match else None
+
+    def _probe_settings(self) -> dict[str, Any]:
+        """How to ask the broker whether it answers: over PLAINTEXT when it has it, else as the admin."""
+        if not self.secure_only:
+            return {"bootstrap_servers": self.bootstrap_servers}
+        return client_settings(self.secrets.properties_file(ADMIN_USER))
+
+    def _launch(self) -> subprocess.Popen:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 self._java("kafka.Kafka", str(self.properties_file)),
@@ -180,18 +319,37 @@ class LocalBroker:
                 start_new_session=True,  # Ctrl+C in the caller's terminal must not kill the broker
             )
         self.pid_file.write_text(f"{proc.pid}\n")
-        def answered_or_exited() -> bool:
-            return proc.poll() is not None or broker_answers(self.bootstrap_servers, timeout_s=1.0)
+        return proc
 
-        wait_until(answered_or_exited, timeout_s, interval_s=0.2)
+    def _wait_for(self, proc: subprocess.Popen, settings: dict[str, Any], deadline: float) -> None:
+        """Return once the broker answers with ``settings``; stop it and raise if it exits or never does."""
+        address = settings["bootstrap_servers"]
+
+        def answered_or_exited() -> bool:
+            return proc.poll() is not None or broker_answers(address, timeout_s=1.0, settings=settings)
+
+        wait_until(answered_or_exited, max(deadline - time.monotonic(), 0.0), interval_s=0.2)
         if proc.poll() is not None:
             self.pid_file.unlink(missing_ok=True)
             raise UserError(f"the broker exited with code {proc.returncode}; log tail:\n{self.tail()}")
-        if broker_answers(self.bootstrap_servers, timeout_s=1.0):
-            return (f"started Kafka {kafka_version()} at {self.bootstrap_servers} "
-                    f"(pid {proc.pid}) in {time.monotonic() - started:.1f}s")
-        self.stop()
-        raise UserError(f"the broker did not answer within {timeout_s:.0f}s; log tail:\n{self.tail()}")
+        if not broker_answers(address, timeout_s=1.0, settings=settings):
+            self.stop()
+            who = f" to user {settings['sasl_plain_username']}" if "sasl_plain_username" in settings else ""
+            raise UserError(f"the broker did not answer at {address}{who} in time; log tail:\n{self.tail()}")
+
+    def _provision(self, proc: subprocess.Popen, secrets: Secrets, users_missing: bool,
+                   deadline: float) -> None:
+        """Users (when the storage predates them), then ACLs, then wait for the pipeline's user."""
+        if users_missing:
+            _create_users(self.bootstrap_servers, secrets)
+            cluster_id = self._cluster_id()
+            assert cluster_id is not None  # the broker runs: its storage is formatted
+            secrets.mark_owner(cluster_id)
+        admin = client_settings(secrets.properties_file(ADMIN_USER))
+        self._wait_for(proc, admin, deadline)  # new credentials reach the broker a moment after creation
+        for user, acls in local_broker_acls().items():
+            grant(admin, f"User:{user}", acls)
+        self._wait_for(proc, client_settings(secrets.properties_file(PIPELINE_USER)), deadline)
 
     def start_or_reuse(self) -> str:
         """Start this broker, or use a Kafka that already answers on its port (compose, another
@@ -226,11 +384,18 @@ class LocalBroker:
         return f"killed (pid {pid})"
 
     def status(self) -> str:
+        """Which listeners the running broker has, and whether it answers on the first of them."""
         pid = self.pid()
         if pid is None:
             return "not running"
-        health = "answering" if broker_answers(self.bootstrap_servers) else "not answering"
-        return f"running at {self.bootstrap_servers} (pid {pid}), {health}"
+        running = self.running_listeners()
+        if "PLAINTEXT" in running:
+            settings: dict[str, Any] = {"bootstrap_servers": running["PLAINTEXT"]}
+        else:  # secure-only: ask as the admin, whose settings name the SASL_SSL listener
+            settings = client_settings(self.secrets.properties_file(ADMIN_USER))
+        health = "answering" if broker_answers(settings["bootstrap_servers"], settings=settings) else \
+            "not answering"
+        return f"running at {_describe(running)} (pid {pid}), {health}"
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -255,23 +420,68 @@ class LocalBroker:
             "-cp", f"{self.libs_dir}/*", main_class, *args,
         ]
 
-    def _write_config(self) -> None:
+    def _write_config(self, secrets: Secrets | None = None) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text(_server_properties(self))
+        text = _server_properties(self) + (_security_properties(self, secrets) if secrets else "")
+        # In secure-only mode it holds the admin's password (the broker's own login): owner only.
+        fd = os.open(self.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        self.properties_file.chmod(0o600)
         (self.home / "log4j2.properties").write_text(_LOG4J2)
 
-    def _format_storage(self) -> None:
+    def _format_storage(self, secrets: Secrets | None = None) -> None:
         if (self.data_dir / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # KIP-900: SCRAM users written with the first metadata, so they exist before the broker
+        # starts (secure-only needs the admin's for its own inter-broker login). StorageTool takes
+        # them on its command line only, visible to local `ps` for the second it runs; the salted
+        # form it also accepts would be no safer, as a SCRAM salted password logs in as well.
+        scram = [arg for user in USERS for arg in
+                 ("--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={secrets.password(user)}]")
+                 ] if secrets else []
         result = subprocess.run(
             # "=" form: a random id may start with "-", which would read as a flag.
             self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                       "-c", str(self.properties_file), "--standalone"),
+                       "-c", str(self.properties_file), "--standalone", *scram),
             capture_output=True, text=True,
         )
         if result.returncode != 0:
-            raise UserError(f"could not format broker storage:\n{result.stdout}{result.stderr}")
+            raise UserError(f"could not format broker storage:\n{_redact(result.stdout + result.stderr)}")
+        if secrets:
+            secrets.mark_owner(cluster_id)
+
+
+def _describe(listeners: Mapping[str, str]) -> str:
+    """``127.0.0.1:29092`` for a plain broker; each address with its protocol otherwise."""
+    if list(listeners) == ["PLAINTEXT"]:
+        return listeners["PLAINTEXT"]
+    names = {"SASL_SSL": f"SASL_SSL, {SCRAM_MECHANISM}", "MTLS": "SSL, client certificates"}
+    return ", ".join(f"{address} ({names.get(name, name)})" for name, address in listeners.items())
+
+
+def _redact(text: str) -> str:
+    """A tool's output without the passwords our command line gave it."""
+    return re.sub(r"password=[^\]\s,]*", "password=***", text)
+
+
+def _create_users(plaintext_bootstrap: str, secrets: Secrets) -> None:
+    """SCRAM users in storage formatted without them. Over PLAINTEXT, whose principal ANONYMOUS is
+    a super user: kafka-python's admin speaks AlterUserScramCredentials (KIP-554) itself, which
+    saves a JVM start of ConfigCommand and keeps the passwords off any command line."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import UserScramCredentialUpsertion
+
+    admin = KafkaAdminClient(bootstrap_servers=plaintext_bootstrap)
+    try:
+        errors = admin.alter_user_scram_credentials(
+            [UserScramCredentialUpsertion(user, SCRAM_MECHANISM, secrets.password(user)) for user in USERS])
+    finally:
+        admin.close()
+    failed = {user: error for user, error in errors.items() if error}
+    if failed:
+        raise UserError(f"could not create the SCRAM users: {failed}")
 
 
 def _wait_for_exit(pid: int, timeout_s: float) -> bool:
@@ -289,15 +499,19 @@ def _alive(pid: int) -> bool:
 
 
 def _server_properties(broker: LocalBroker) -> str:
+    clients = ",".join(f"{name}://{address}" for name, address in broker.client_listeners().items())
+    # Secure-only: brokers talk to each other over SASL_SSL as the admin (_security_properties),
+    # rather than over a hidden PLAINTEXT listener, which would be a way around authentication.
+    inter_broker = "SASL_SSL" if broker.secure_only else "PLAINTEXT"
     return f"""\
 # Written by loginpipe.local.broker: one local KRaft node acting as broker and controller.
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:{broker.port},CONTROLLER://127.0.0.1:{broker.controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{broker.port}
+listeners={clients},CONTROLLER://127.0.0.1:{broker.controller_port}
+advertised.listeners={clients}
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name={inter_broker}
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL
 controller.quorum.bootstrap.servers=127.0.0.1:{broker.controller_port}
 log.dirs={broker.data_dir}
 num.partitions=4
@@ -313,6 +527,35 @@ share.coordinator.state.topic.min.isr=1
 # No 3 s wait before a new consumer group's first assignment.
 group.initial.rebalance.delay.ms=0
 """
+
+
+def _security_properties(broker: LocalBroker, secrets: Secrets) -> str:
+    # The broker logs in to itself as the admin only in secure-only mode (inter-broker over SASL_SSL);
+    # otherwise the listener's login module needs no user of its own.
+    own_login = (f' username="{ADMIN_USER}" password="{secrets.password(ADMIN_USER)}"'
+                 if broker.secure_only else "")
+    text = f"""\
+# --- start --secure: SASL_SSL with {SCRAM_MECHANISM}, TLS keys in PEM, ACLs (loginpipe/local/secrets.py)
+sasl.enabled.mechanisms={SCRAM_MECHANISM}
+listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config={SCRAM_LOGIN_MODULE} required{own_login};
+ssl.keystore.type=PEM
+ssl.keystore.location={secrets.broker_keystore.resolve()}
+ssl.truststore.type=PEM
+ssl.truststore.location={secrets.ca_file.resolve()}
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+# ANONYMOUS is whoever comes over PLAINTEXT: the client listener (local plaintext work keeps working
+# unchanged) and the controller listener, where this node's broker registers with its controller
+# and so needs cluster rights. In secure-only mode the controller port (127.0.0.1 only) thus stays an
+# unauthenticated door for local processes: closing it would need SASL or TLS on the controller too.
+super.users=User:{ADMIN_USER};User:ANONYMOUS
+"""
+    if broker.secure_only:
+        text += f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}\n"
+    if broker.mtls_port is not None:
+        # A certificate whose subject is CN=loginpipe is User:loginpipe, so the same ACLs apply.
+        text += ("listener.name.mtls.ssl.client.auth=required\n"
+                 "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT\n")
+    return text
 
 
 _LOG4J2 = """\
@@ -343,13 +586,26 @@ def build_parser() -> EnvArgumentParser:
                             default=DEFAULT_CONTROLLER_PORT, help="KRaft controller port")
     parser.add_env_argument("--heap-mb", env="KAFKA_HEAP_MB", type=int, default=DEFAULT_HEAP_MB,
                             help="JVM heap cap in MiB")
+    parser.add_env_argument("--secure", env="KAFKA_SECURE", type=flag, default=False, nargs="?", const=True,
+                            help="with 'start': also a SASL_SSL listener (SCRAM-SHA-512 over TLS), users "
+                                 "and ACLs; client settings in <home>/secrets")
+    parser.add_env_argument("--secure-only", env="KAFKA_SECURE_ONLY", type=flag, default=False, nargs="?",
+                            const=True, help="like --secure, without the PLAINTEXT listener")
+    parser.add_env_argument("--secure-port", env="KAFKA_SECURE_PORT", type=port_number,
+                            default=DEFAULT_SECURE_PORT, help="SASL_SSL port")
+    parser.add_env_argument("--mtls", env="KAFKA_MTLS", type=flag, default=False, nargs="?", const=True,
+                            help="like --secure, plus a mutual-TLS listener (client certificates)")
+    parser.add_env_argument("--mtls-port", env="KAFKA_MTLS_PORT", type=port_number, default=DEFAULT_MTLS_PORT,
+                            help="mutual-TLS port")
     parser.add_argument("--lines", type=int, default=50, help="with 'logs': how many lines")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    broker = LocalBroker(Path(args.home), args.port, args.controller_port, args.heap_mb)
+    broker = LocalBroker(Path(args.home), args.port, args.controller_port, args.heap_mb,
+                         secure=args.secure, secure_port=args.secure_port, secure_only=args.secure_only,
+                         mtls_port=args.mtls_port if args.mtls else None)
     if args.command == "start":
         print(broker.start())
     elif args.command == "stop":

@@ -23,12 +23,16 @@ import orjson
 from loginpipe.cli import (
     EnvArgumentParser,
     add_bootstrap_argument,
+    connection_from_args,
     non_negative_float,
     positive_int,
     ratio,
     run_cli,
 )
 from loginpipe.errors import UserError
+from loginpipe.kafka.admin import unreachable
+from loginpipe.kafka.failures import forget, watch
+from loginpipe.kafka.settings import Connection, kafka_options
 from loginpipe.topics import INPUT_TOPIC
 
 US_STATES = (
@@ -170,7 +174,7 @@ class EventGenerator:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    bootstrap_servers: str
+    bootstrap_servers: str | Connection
     topic: str
     count: int
     rate: float
@@ -180,14 +184,16 @@ class GeneratorConfig:
     progress_every_s: float = 1.0
 
 
-def make_producer(bootstrap_servers: str):
+def make_producer(bootstrap_servers: str | Connection):
     """The generator's producer: large snappy batches, because it is a bulk loader."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    watch()
+    forget()
     try:
         return KafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **kafka_options(bootstrap_servers),
             compression_type="snappy",
             linger_ms=20,
             batch_size=256 * 1024,
@@ -197,8 +203,7 @@ def make_producer(bootstrap_servers: str):
             client_id="loginpipe-generator",
         )
     except (KafkaError, OSError) as exc:
-        raise UserError(f"cannot reach a Kafka broker at {bootstrap_servers} "
-                        f"({type(exc).__name__}); is it running? (make kafka-start)") from None
+        raise unreachable(bootstrap_servers, exc) from None
 
 
 def produce(config: GeneratorConfig, out=sys.stderr) -> dict[str, int]:
@@ -284,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     if args.count < 0:
         raise UserError("--count must be 0 (forever) or more")
-    config = GeneratorConfig(args.bootstrap_servers, args.topic, args.count, args.rate,
+    config = GeneratorConfig(connection_from_args(args), args.topic, args.count, args.rate,
                              args.seed, args.bad_ratio, args.users, args.progress_every)
     produce(config)
     return 0

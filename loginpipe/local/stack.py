@@ -9,14 +9,16 @@ Flags not listed here are the consumer's (see `python create_kafka_consumer.py -
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from loginpipe.cli import DEFAULT_BOOTSTRAP, EnvArgumentParser, non_negative_float, port_number, run_cli
-from loginpipe.config import build_pipeline_parser, pipeline_config
+from loginpipe.config import PipelineConfig, build_pipeline_parser, pipeline_config
 from loginpipe.kafka.admin import ensure_topics
+from loginpipe.kafka.settings import connection_env
 from loginpipe.local.broker import LocalBroker, port_is_free
 from loginpipe.runtime.app import Application, tune_gc
 from loginpipe.topics import DEFAULT_PARTITIONS, TOPICS
@@ -57,10 +59,10 @@ def start_dashboard(config, port: int) -> subprocess.Popen | None:
     log_path = Path(tempfile.gettempdir()) / f"loginpipe-dashboard-{port}.log"
     with log_path.open("w") as log:
         dashboard = subprocess.Popen(
-            [sys.executable, "-m", "loginpipe.dashboard", "--bootstrap-servers", config.bootstrap_servers,
+            [sys.executable, "-m", "loginpipe.dashboard",
              "--port", str(port), "--group-id", config.group_id, "--summary-topic", config.summary_topic,
              "--metrics-topic", config.metrics_topic, "--output-topic", config.output_topic],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=child_env(config))
     if wait_until(lambda: dashboard.poll() is not None or not port_is_free(port), DASHBOARD_START_S) \
             and dashboard.poll() is not None:
         last = (log_path.read_text().strip().splitlines() or ["no output"])[-1]
@@ -68,6 +70,11 @@ def start_dashboard(config, port: int) -> subprocess.Popen | None:
         return None
     print(f"dashboard: http://localhost:{port}/ (pid {dashboard.pid}, log {log_path})", flush=True)
     return dashboard
+
+
+def child_env(config: PipelineConfig) -> dict[str, str]:
+    """The generator and the dashboard connect as the consumer does (flags, file or environment)."""
+    return {**os.environ, **connection_env(config.connection)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,15 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     config = pipeline_config(consumer_args)
     if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
         print(f"kafka: {LocalBroker().start_or_reuse()}", flush=True)
-    for result in ensure_topics(config.bootstrap_servers, TOPICS, DEFAULT_PARTITIONS):
+    for result in ensure_topics(config.connection, TOPICS, DEFAULT_PARTITIONS):
         print(f"topic {result.describe()}", flush=True)
     generator = None
     if args.rate > 0:
         generator = subprocess.Popen([
             sys.executable, "-m", "loginpipe.local.generator",
-            "--bootstrap-servers", config.bootstrap_servers,
             "--topic", config.input_topic, "--rate", str(args.rate), "--progress-every", "30",
-        ])
+        ], env=child_env(config))
         print(f"generator: started (pid {generator.pid}), {args.rate:g} events/s", flush=True)
     dashboard = start_dashboard(config, args.dashboard_port)
     tune_gc()

@@ -98,12 +98,12 @@ class Exporter:
             self.transaction_records.inc(records)
             self.transaction_seconds.observe(seconds)
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
         """Serve /metrics on ``port`` in a daemon thread; a taken port is a UserError."""
         try:
             self._server, _ = start_http_server(port, address, registry=self.registry)
         except OSError as exc:
-            raise UserError(f"cannot serve metrics on port {port}: {exc.strerror}") from None
+            raise UserError(f"cannot serve metrics on {address}:{port}: {exc.strerror}") from None
 
     def close(self) -> None:
         if self._server is not None:

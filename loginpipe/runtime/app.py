@@ -164,10 +164,13 @@ class Application:
         if self.exporter:
             self.exporter.transaction(committed, records, seconds)
 
-    def fail(self, description: str) -> None:
-        """A worker hit a bug: report it and stop everything (outputs so far are still committed)."""
+    def fail(self, description: str, bug: bool = True) -> None:
+        """A worker hit a bug (or, ``bug`` False, a refusal it cannot ride out, described in one
+        line): report it and stop everything (outputs so far are still committed)."""
+        if self.failure is None:
+            text = f"a worker thread failed:\n{description}" if bug else description
+            print(f"error: {text}", file=self.err, flush=True)
         self.failure = description
-        print(f"error: a worker thread failed:\n{description}", file=self.err, flush=True)
         self.begin_stop()
 
     def _on_signal(self, signum, frame) -> None:
@@ -238,7 +241,7 @@ class Application:
 
     def _check_health(self, now: float, down_since: float | None) -> float | None:
         """Warn while no bootstrap server accepts connections; say when one does again."""
-        if self.backend.reachable(self.config.bootstrap_servers):
+        if self.backend.reachable(self.config.connection):
             if down_since is not None:
                 self.warn(f"broker at {self.config.bootstrap_servers} is reachable again after "
                           f"{now - down_since:.0f}s; resuming")
@@ -254,24 +257,36 @@ class Application:
         config = self.config
         names = [config.input_topic, config.output_topic, config.dlq_topic,
                  *filter(None, [config.filtered_topic, config.summary_topic, config.metrics_topic])]
-        found = self.backend.topic_partitions(config.bootstrap_servers, names)
+        self._check_permissions({config.input_topic: ["READ"]} | {name: ["WRITE"] for name in names[1:]})
+        found = self.backend.topic_partitions(config.connection, names)
         missing = [name for name in names if name not in found]
         if missing:
             raise UserError(f"topic(s) {', '.join(missing)} do not exist at {self.config.bootstrap_servers}; "
                             "create them with: python create_kafka_topic.py")
         partitions = found[config.input_topic]
         self._ensure_internal_topics(partitions)
+        internal = self.topology.routes.internal.specs()
+        self._check_permissions({spec.name: ["READ", "WRITE"] for spec in internal})
         same = partitions == found[config.output_topic]
         routes = dataclasses.replace(self.topology.routes, keep_partition=same, partitions=partitions)
         self.topology = dataclasses.replace(self.topology, routes=routes)
+
+    def _check_permissions(self, wanted: dict[str, list[str]]) -> None:
+        """A missing ACL is one line before the first record (README, Connecting to a secured cluster)."""
+        missing = self.backend.missing_permissions(self.config.connection, wanted)
+        if missing:
+            user = self.config.connection.sasl_username or "this client"
+            raise UserError(f"not authorized: {user} may not {', '.join(missing)} at "
+                            f"{self.config.bootstrap_servers} (an ACL is missing; README, Connecting "
+                            "to a secured cluster, lists them)")
 
     def _ensure_internal_topics(self, partitions: int) -> None:
         """The changelogs and the repartition topic need the input's partition count: partition p
         of each belongs with input partition p."""
         config, internal = self.config, self.topology.routes.internal
         specs = internal.specs()
-        self.backend.create_topics(config.bootstrap_servers, specs, partitions)
-        found = self.backend.topic_partitions(config.bootstrap_servers, [spec.name for spec in specs])
+        self.backend.create_topics(config.connection, specs, partitions)
+        found = self.backend.topic_partitions(config.connection, [spec.name for spec in specs])
         wrong = {name: n for name, n in found.items() if n != partitions}
         if len(found) < len(specs) or wrong:
             detail = ", ".join(f"{name} has {n}" for name, n in wrong.items()) or "some are missing"
@@ -286,9 +301,9 @@ class Application:
                             in_flight=lambda: stats.in_flight, not_writing=lambda: stats.not_writing_s,
                             replacements=lambda: stats.producer_replacements,
                             restoring=state.restore_progress)
-        exporter.serve(self.config.metrics_port)
+        exporter.serve(self.config.metrics_port, self.config.metrics_bind)
         if not self.config.quiet:
-            print(f"Prometheus metrics at http://localhost:{self.config.metrics_port}/metrics",
+            print(f"Prometheus metrics at http://{self.config.metrics_bind}:{self.config.metrics_port}/metrics",
                   file=self.out, flush=True)
         return exporter
 

@@ -23,7 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from loginpipe.core.records import OutputRecord
-from loginpipe.kafka.base import ClientError, CommitRejected, Consumer, NotQueued
+from loginpipe.kafka.base import (
+    ClientError,
+    CommitRejected,
+    Consumer,
+    NotAuthorized,
+    NotQueued,
+    is_authorization_failure,
+)
 from loginpipe.runtime.delivery import Sender
 
 # Per worker. 20,000 outputs of ~0.9 kB are ~18 MB of values, plus the records the producer holds.
@@ -181,6 +188,8 @@ class Checkpointer:
     def _failed(self, batch: _Pending, exc: BaseException) -> None:
         """A delivery failed: replace the producer (once for all workers), then send again every
         output that failed or that an older producer holds, in order."""
+        if is_authorization_failure(exc):  # a missing ACL: another producer would be refused too
+            raise NotAuthorized(f"writing to {batch.records[batch.acked].topic} was refused ({exc})")
         if not isinstance(exc, NotQueued):  # a producer that cannot queue is slow, not broken
             self.sender.replace(batch.generation, repr(exc))
         self.warn(f"delivery to {batch.records[batch.acked].topic} failed ({exc!r}); re-sending")

@@ -73,7 +73,7 @@ class Context:
     shutdown: Shutdown
     warn: Callable[[str], None]
     acknowledge: Callable[[object], None]  # a batch whose every output is acknowledged
-    fail: Callable[[str], None]  # a worker hit a bug: stop everything
+    fail: Callable[..., None]  # (description, bug=True): a worker hit a bug or a refusal: stop everything
     state_keys_per_partition: int  # each partition store's share of --max-tracked-keys
     out: TextIO = field(default_factory=lambda: sys.stdout)
     exporter: Exporter | None = None

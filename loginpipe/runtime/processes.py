@@ -407,7 +407,7 @@ def _print_group_summary(group: ProcessGroup, summary: Summary) -> None:
     no changelog, a query bug) costs one line, never the exit code the children earned."""
     config = group.config
     try:
-        text = render_group_summary(summary(config.bootstrap_servers, config.group_id), config.processes)
+        text = render_group_summary(summary(config.connection, config.group_id), config.processes)
     except Exception as exc:  # any failure: the summary is a report, not the command's result
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         group.say(group.err, f"warning: cannot read the group summary from {config.bootstrap_servers}: "

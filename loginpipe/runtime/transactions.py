@@ -24,7 +24,13 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from loginpipe.core.records import OutputRecord
-from loginpipe.kafka.base import ClientError, Consumer, TransactionalProducer
+from loginpipe.kafka.base import (
+    ClientError,
+    Consumer,
+    NotAuthorized,
+    TransactionalProducer,
+    is_authorization_failure,
+)
 
 # A commit waits this long for the broker at most (then the transaction aborts, or, when the
 # broker decided already, init of the next producer waits for its outcome).
@@ -159,6 +165,8 @@ class Transactions:
         for deliveries in self._futures:
             for delivery in deliveries:
                 if delivery.failed():
+                    if is_authorization_failure(delivery.exception):  # aborting again cannot help
+                        raise NotAuthorized(f"an output was refused ({delivery.exception})")
                     return f"an output failed ({delivery.exception})"
         return None
 

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Sequence
 
 from loginpipe.core.batch import BatchResult, process_devices, process_logins
-from loginpipe.kafka.base import ClientError, Consumer, TopicPartition
+from loginpipe.kafka.base import ClientError, Consumer, TopicPartition, is_authorization_failure
 from loginpipe.runtime.checkpoint import Checkpointer
 from loginpipe.runtime.context import Context
 from loginpipe.runtime.transactions import Transactions
@@ -66,8 +66,11 @@ class Worker(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
-        except Exception:
-            self.ctx.fail(traceback.format_exc())
+        except Exception as exc:
+            if is_authorization_failure(exc):  # a missing ACL: one line, no traceback
+                self.ctx.fail(f"not authorized: {exc}", bug=False)
+            else:
+                self.ctx.fail(traceback.format_exc())
 
     def _run(self) -> None:
         ctx, config = self.ctx, self.ctx.config

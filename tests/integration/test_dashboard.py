@@ -295,5 +295,5 @@ def test_taken_ports_are_one_line_errors(bootstrap: str, topic_name) -> None:
     assert (dashboard.returncode, dashboard.stderr) == (1, f"error: port {port} is taken; choose another "
                                                             "with --port\n")
     assert consumer.returncode == 1
-    assert consumer.stderr.startswith(f"error: cannot serve metrics on port {port}")
+    assert consumer.stderr.startswith(f"error: cannot serve metrics on 127.0.0.1:{port}")
     assert len(consumer.stderr.strip().splitlines()) == 1

@@ -549,7 +549,7 @@ def test_an_aborted_transaction_with_device_step_records_leaves_nothing_in_fligh
     work, expected = workload(seed=61, events=3000, bad=100)
     produce(bootstrap, topics.input, work.records)
     backend = RefusesOneDeviceStepCommit(InternalTopics.of(group).repartition)
-    config = PipelineConfig(bootstrap_servers=bootstrap, group_id=group, stop_when_idle_s=3.0, quiet=True,
+    config = PipelineConfig(connection=bootstrap, group_id=group, stop_when_idle_s=3.0, quiet=True,
                             processing_guarantee=EXACTLY_ONCE, commit_interval_ms=200,
                             **topics.config(filtered=True))
     err = io.StringIO()
@@ -662,7 +662,7 @@ def test_a_member_back_from_an_expulsion_does_not_reuse_its_stale_state(
     survivor = Member(reaper, bootstrap, topics, group, tmp_path, "survivor",
                       "--group-instance-id", "survivor", "--filtered-topic", topics.filtered)
     backend = Freezable()
-    config = PipelineConfig(bootstrap_servers=bootstrap, group_id=group, group_instance_id="zombie",
+    config = PipelineConfig(connection=bootstrap, group_id=group, group_instance_id="zombie",
                             quiet=True, processing_guarantee=EXACTLY_ONCE, commit_interval_ms=200,
                             **topics.config(filtered=True))
     err = io.StringIO()
@@ -737,7 +737,7 @@ def test_a_transaction_whose_epoch_was_bumped_reports_its_abort(bootstrap: str, 
     the fix, the commit returned as if it had succeeded: the records were silently lost."""
     topic = topic_name("bumped")
     ensure_topics(bootstrap, [TopicSpec(topic, "test", 1)], partitions=1)
-    producer = KafkaPythonBackend().transactional_producer(PipelineConfig(bootstrap_servers=bootstrap),
+    producer = KafkaPythonBackend().transactional_producer(PipelineConfig(connection=bootstrap),
                                                           f"test-bump-{uuid.uuid4().hex[:6]}")
     try:
         producer.init(10.0)
@@ -782,7 +782,7 @@ def test_a_pipeline_whose_epoch_is_bumped_mid_transaction_loses_nothing(
     work, expected = workload(seed=91, events=3000, bad=100)
     produce(bootstrap, topics.input, work.records)
     backend = BumpsOneEpoch()
-    config = PipelineConfig(bootstrap_servers=bootstrap, group_id=group, stop_when_idle_s=3.0, quiet=True,
+    config = PipelineConfig(connection=bootstrap, group_id=group, stop_when_idle_s=3.0, quiet=True,
                             processing_guarantee=EXACTLY_ONCE, commit_interval_ms=200,
                             **topics.config(filtered=True))
     err = io.StringIO()

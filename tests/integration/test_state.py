@@ -408,7 +408,7 @@ def test_a_leader_whose_rejoin_outlives_its_poll_still_gets_its_assignment(boots
     refreshes on its own only every 5 minutes); A's poll starts the rejoin and returns; B completes
     the rebalance, which A's join task leads on the client's I/O thread. A's next polls must
     then deliver A's new assignment."""
-    config = PipelineConfig(bootstrap_servers=bootstrap, group_id=group)
+    config = PipelineConfig(connection=bootstrap, group_id=group)
     backend = KafkaPythonBackend()
     a, b = backend.consumer(config, 0), backend.consumer(config, 1)
     on_a, on_b = Recorder(), Recorder()

@@ -72,7 +72,7 @@ def fake(code: str) -> list[str]:
 
 
 def config(processes: int = 2, **changes) -> PipelineConfig:
-    return PipelineConfig(processes=processes, bootstrap_servers="broker:9092", group_id="g", **changes)
+    return PipelineConfig(processes=processes, connection="broker:9092", group_id="g", **changes)
 
 
 def no_summary(bootstrap: str, group: str) -> dict:
@@ -282,7 +282,7 @@ def test_the_group_summary_is_read_once_after_every_child_exited() -> None:
     assert exit_code == 0
     assert len(calls) == 1
     bootstrap, group, lines_then = calls[0]
-    assert (bootstrap, group) == ("broker:9092", "g")
+    assert (str(bootstrap), group) == ("broker:9092", "g")
     assert {"[p0] bye 0", "[p1] bye 1"} <= set(lines_then)
     lines = out.lines()
     start = lines.index("group summary (all 2 processes, from the changelogs):")  # even with --quiet

@@ -265,7 +265,7 @@ def test_main_prints_json_and_tables(monkeypatch: pytest.MonkeyPatch, capsys: py
     monkeypatch.setattr(query, "read_group_state", lambda b, g, t: asked.append((b, g)) or state)
     assert query.main(["--bootstrap-servers", "b:1", "--group-id", "g", "totals", "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out) == expected_totals(events)
-    assert asked == [("b:1", "g")]
+    assert [(str(b), g) for b, g in asked] == [("b:1", "g")]
     assert query.main(["user", "nobody", "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out) == {"user_id": "nobody", "distinct_ips": 0}
     assert query.main(["device", "family-1"]) == 0

@@ -96,10 +96,11 @@ def test_a_hand_over_commits_the_open_transaction_first(cluster) -> None:
     assert wait_until(lambda: first.app.stats.totals.consumed >= 200, 10)
     second = Running(cluster, **{**EXACTLY_ONCE, "max_poll_records": 50})
     feed(cluster, 1000, seed=3)
-    assert wait_until(lambda: settled(cluster), 20)
+    assert wait_until(lambda: settled(cluster), 20), first.err.getvalue() + second.err.getvalue()
     results = [first.stop(), second.stop()]
-    assert all(r.totals.consumed > 0 for r in results), "both members got partitions"
-    assert sum(r.totals.consumed for r in results) == 2000
+    consumed = [r.totals.consumed for r in results]
+    assert all(consumed), f"both members got partitions: {consumed}" + second.err.getvalue()
+    assert sum(consumed) == 2000, consumed
     assert max(positions(cluster).values()) == 1
 
 

@@ -43,7 +43,7 @@ class Running:
                  backend: MemoryBackend | None = None, **settings) -> None:
         self.backend = backend or MemoryBackend(cluster)
         settings = {"summary_topic": None, "metrics_topic": None, **settings}
-        config = PipelineConfig(bootstrap_servers="memory", quiet=True, **settings)
+        config = PipelineConfig(connection="memory", quiet=True, **settings)
         self.out, self.err = io.StringIO(), io.StringIO()
         self.app = Application(config, out=self.out, err=self.err, backend=self.backend,
                                health_every_s=0.1, stuck_after_s=stuck_after_s)
@@ -199,7 +199,7 @@ def test_a_worker_that_never_gets_partitions_says_so(cluster) -> None:
 def test_a_producer_that_cannot_start_is_a_one_line_user_error(cluster) -> None:
     backend = MemoryBackend(cluster)
     backend.fail_producer_creation = True
-    config = PipelineConfig(bootstrap_servers="memory", quiet=True, summary_topic=None, metrics_topic=None)
+    config = PipelineConfig(connection="memory", quiet=True, summary_topic=None, metrics_topic=None)
     app = Application(config, out=io.StringIO(), err=io.StringIO(), backend=backend)
     with pytest.raises(UserError, match="cannot start a producer at memory"):
         app.run(install_signals=False)

@@ -1,0 +1,92 @@
+"""Why a kafka-python client could not connect, in one line.
+
+kafka-python 3.0.12 raises the same ``KafkaTimeoutError: Unable to bootstrap`` for a wrong
+password, an untrusted certificate, a PLAINTEXT client on a TLS port and a broker that is not
+there: the cause is only logged (``kafka.net.manager``: "Bootstrap connection to ... failed:
+<cause>"). ``watch()`` keeps the last such cause (without letting the warning reach the
+terminal: the commands report trouble themselves) and ``explain`` turns it into advice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from loginpipe.kafka.settings import DEFAULT_BOOTSTRAP, Connection
+
+# the loggers kafka-python reports a failed connection attempt on
+_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.conn")
+KEPT = 50
+
+
+class _LastCause(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.causes: list[str] = []  # since the last forget(); the telling one may not be the last
+        self._lock_ = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed log call must never break the client
+            return
+        # the attempt's cause, not the final "Bootstrap failed: ... Unable to bootstrap" that hides it
+        if ("failed" in message or "Error" in message) and "Unable to bootstrap" not in message:
+            with self._lock_:
+                self.causes = [*self.causes[-(KEPT - 1):], message]
+
+
+_handler = _LastCause()
+
+
+def watch() -> None:
+    """Keep kafka-python's connection failures for ``explain`` (idempotent)."""
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        if _handler not in logger.handlers:
+            logger.addHandler(_handler)
+            logger.setLevel(logging.WARNING)
+            logger.propagate = False
+
+
+def causes() -> str:
+    return "\n".join(_handler.causes)
+
+
+def forget() -> None:
+    """Before a new client starts: a cause seen earlier must not explain this one's failure."""
+    _handler.causes = []
+
+
+def explain(where: str | Connection, exc: BaseException | None = None) -> str:
+    """One line: what went wrong connecting to ``where``, and what to check."""
+    connection = Connection.of(where)
+    at = connection.describe()
+    cause = causes()  # every attempt's: after a refused login the next attempts only see a hang-up
+    if "SaslAuthenticationFailed" in cause or "Authentication failed" in cause:
+        return (f"authentication failed at {at}: wrong user name or password? (the password comes "
+                "from $SASL_PASSWORD, --sasl-password-file or --client-config)")
+    if "UnsupportedSaslMechanism" in cause:
+        return f"the broker at {at} does not offer SASL mechanism {connection.sasl_mechanism}"
+    if "CERTIFICATE_VERIFY_FAILED" in cause:
+        detail = "it has expired" if "expired" in cause else "wrong or missing --ssl-cafile?"
+        return f"TLS: the broker's certificate at {at} is not trusted ({detail})"
+    if "ALERT_BAD_CERTIFICATE" in cause or "CERTIFICATE_UNKNOWN" in cause or "ALERT_CERTIFICATE" in cause:
+        return (f"TLS: the broker at {at} refused this client's certificate (missing, expired or "
+                "not signed by a CA it trusts: --ssl-certfile/--ssl-keyfile)")
+    if "WRONG_VERSION_NUMBER" in cause or "record layer failure" in cause:
+        return (f"TLS: the listener at {connection.bootstrap_servers} does not speak TLS "
+                "(use --security-protocol PLAINTEXT or SASL_PLAINTEXT)")
+    if "Invalid frame length: 3525" in cause and not connection.uses_tls:
+        # 352518912.. is 0x1503..: a TLS alert record read as a Kafka frame's length
+        return (f"TLS: the listener at {connection.bootstrap_servers} speaks TLS; this client does not "
+                "(--security-protocol SSL or SASL_SSL, or --client-config)")
+    if "socket disconnected" in cause and not connection.uses_tls:
+        return (f"the broker at {connection.bootstrap_servers} closed the connection at once: is it a "
+                "TLS or SASL listener? (--security-protocol SSL or SASL_SSL, or --client-config)")
+    if "Connection refused" in cause or "ECONNREFUSED" in cause or exc is None or not cause:
+        hint = "is it running? (make kafka-start)" if connection.bootstrap_servers == DEFAULT_BOOTSTRAP \
+            else "is it running, and is the address right?"
+        return f"cannot reach a Kafka broker at {at}; {hint}"
+    last = cause.splitlines()[-1]
+    return f"cannot connect to {at}: {last.split(' failed: ', 1)[-1][:200]}"
