@@ -3,8 +3,7 @@
 kafka-python 3.0.12 raises the same ``KafkaTimeoutError: Unable to bootstrap`` for a wrong
 password, an untrusted certificate, a PLAINTEXT client on a TLS port and a broker that is not
 there: the cause is only logged (``kafka.net.manager``: "Bootstrap connection to ... failed:
-<cause>"). ``watch()`` keeps the last such cause (without letting the warning reach the
-terminal: the commands report trouble themselves) and ``explain`` turns it into advice.
+<cause>"). ``watch()`` keeps those causes and ``explain`` turns them into advice.
 """
 
 from __future__ import annotations
@@ -45,8 +44,10 @@ def watch() -> None:
         logger = logging.getLogger(name)
         if _handler not in logger.handlers:
             logger.addHandler(_handler)
+            # WARNING even where "kafka" is quieter (the consumer sets it to CRITICAL); with a
+            # handler found, Python's last-resort stderr handler stays silent, so nothing prints
+            # unless the caller configured logging itself
             logger.setLevel(logging.WARNING)
-            logger.propagate = False
 
 
 def causes() -> str:
@@ -84,6 +85,12 @@ def explain(where: str | Connection, exc: BaseException | None = None) -> str:
     if "socket disconnected" in cause and not connection.uses_tls:
         return (f"the broker at {connection.bootstrap_servers} closed the connection at once: is it a "
                 "TLS or SASL listener? (--security-protocol SSL or SASL_SSL, or --client-config)")
+    if "socket disconnected" in cause and connection.uses_sasl and connection.uses_tls:
+        # TLS worked, then the broker hung up: it drops a failed SASL login, and its error
+        # response often never reaches kafka-python (Java's "terminated during authentication")
+        return (f"authentication failed at {at}: the broker closed the connection during the login; "
+                "wrong user name or password? (the password comes from $SASL_PASSWORD, "
+                "--sasl-password-file or --client-config)")
     if "Connection refused" in cause or "ECONNREFUSED" in cause or exc is None or not cause:
         hint = "is it running? (make kafka-start)" if connection.bootstrap_servers == DEFAULT_BOOTSTRAP \
             else "is it running, and is the address right?"

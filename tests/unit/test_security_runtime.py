@@ -37,6 +37,8 @@ def logged(*lines: str) -> None:
             "Authentication failed during authentication due to invalid credentials",
             "Bootstrap connection to bootstrap-0 failed: KafkaConnectionError: socket disconnected"],
      "authentication failed at kafka:9094 over SASL_SSL (SCRAM-SHA-512, user alice)"),
+    (SASL, ["Bootstrap connection to bootstrap-0 failed: KafkaConnectionError: socket disconnected"],
+     "authentication failed at kafka:9094 over SASL_SSL (SCRAM-SHA-512, user alice): the broker closed"),
     (Connection("kafka:9094"), ["Bootstrap connection to bootstrap-0 failed: InvalidReceiveError: "
                                 "Invalid frame length: 352518912"],
      "TLS: the listener at kafka:9094 speaks TLS; this client does not"),
