@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from loginpipe.errors import UserError
+from loginpipe.kafka.base import is_authorization_failure
 from loginpipe.kafka.failures import explain, forget, watch
 from loginpipe.kafka.settings import Connection, kafka_options
 from loginpipe.waiting import wait_until
@@ -172,6 +173,38 @@ def missing_permissions(where: str | Connection, wanted: Mapping[str, Sequence[s
             missing.extend(f"{operation} topic {name}" for operation in wanted.get(name, ())
                            if operation not in allowed)
     return missing
+
+
+def start_group_at_end(where: str | Connection, group_id: str, topic: str) -> int:
+    """``--offset-reset latest``: commit the end offsets of ``topic`` for ``group_id`` where the
+    group has none yet; returns how many partitions were set. The group's consumers themselves
+    always reset to earliest, so its own repartition topic is read from its start (a worker
+    resetting that to its end could skip what another worker had just written to it)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+    from kafka.structs import OffsetAndMetadata
+
+    watch()
+    forget()
+    try:
+        consumer = KafkaConsumer(**kafka_options(where), group_id=group_id, enable_auto_commit=False,
+                                 bootstrap_timeout_ms=int(ADMIN_TIMEOUT_S * 1000))
+    except (KafkaError, OSError) as exc:
+        raise unreachable(where, exc) from None
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        unset = [tp for tp in partitions if consumer.committed(tp) is None]
+        if not unset:
+            return 0
+        ends = consumer.end_offsets(unset)
+        consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in unset})
+        return len(unset)
+    except KafkaError as exc:  # e.g. another process of the group joined first: it set them
+        if is_authorization_failure(exc):
+            raise UserError(f"not authorized: {exc}") from None
+        return 0
+    finally:
+        consumer.close()
 
 
 def delete_topics(bootstrap_servers: str | Connection, names: list[str]) -> None:

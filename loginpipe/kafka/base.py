@@ -210,3 +210,7 @@ class Backend(Protocol):
     def missing_permissions(self, connection: Any, wanted: dict[str, list[str]]) -> list[str]:
         """"<OPERATION> topic <name>" for each operation in ``wanted`` the user may not do."""
         ...
+
+    def start_group_at_end(self, connection: Any, group_id: str, topic: str) -> int:
+        """Commit ``topic``'s end offsets for ``group_id`` where it has none; how many were set."""
+        ...

@@ -13,7 +13,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from loginpipe.errors import UserError
-from loginpipe.kafka.admin import describe_partitions, ensure_topics, missing_permissions
+from loginpipe.kafka.admin import describe_partitions, ensure_topics, missing_permissions, start_group_at_end
 from loginpipe.kafka.base import (
     ClientError,
     CommitRejected,
@@ -49,7 +49,9 @@ class KafkaPythonBackend:
                 group_instance_id=f"{instance}-{index}" if instance else None,
                 client_id=f"loginpipe-worker-{index}",
                 enable_auto_commit=False,
-                auto_offset_reset=config.connection.offset_reset,
+                # always: "latest" sets a new group's input offsets before the start
+                # (Application._start_offsets); the repartition topic must be read from its start
+                auto_offset_reset="earliest",
                 max_poll_records=config.max_poll_records,
                 fetch_max_wait_ms=100,
                 max_partition_fetch_bytes=2 * 1024 * 1024,
@@ -116,6 +118,9 @@ class KafkaPythonBackend:
 
     def missing_permissions(self, connection: Connection, wanted: dict[str, list[str]]) -> list[str]:
         return missing_permissions(connection, wanted)
+
+    def start_group_at_end(self, connection: Connection, group_id: str, topic: str) -> int:
+        return start_group_at_end(connection, group_id, topic)
 
     def reachable(self, connection: Connection) -> bool:
         return any_reachable(Connection.of(connection).bootstrap_servers)

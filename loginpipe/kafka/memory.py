@@ -519,5 +519,13 @@ class MemoryBackend:
     def missing_permissions(self, connection: Any, wanted: dict[str, list[str]]) -> list[str]:
         return []  # no ACLs in memory
 
+    def start_group_at_end(self, connection: Any, group_id: str, topic: str) -> int:
+        cluster = self.cluster
+        with cluster.lock:
+            unset = {tp: end for tp, end in cluster.end_offsets(topic).items()
+                     if (group_id, tp) not in cluster.committed}
+            cluster.committed.update({(group_id, tp): end for tp, end in unset.items()})
+            return len(unset)
+
     def reachable(self, connection: Any) -> bool:
         return self.cluster.available

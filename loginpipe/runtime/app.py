@@ -267,6 +267,11 @@ class Application:
         self._ensure_internal_topics(partitions)
         internal = self.topology.routes.internal.specs()
         self._check_permissions({spec.name: ["READ", "WRITE"] for spec in internal})
+        if config.connection.offset_reset == "latest":
+            started = self.backend.start_group_at_end(config.connection, config.group_id, config.input_topic)
+            if started and not config.quiet:
+                print(f"group {config.group_id} is new: it starts at the end of {config.input_topic} "
+                      f"({started} partitions; --offset-reset latest)", file=self.out, flush=True)
         same = partitions == found[config.output_topic]
         routes = dataclasses.replace(self.topology.routes, keep_partition=same, partitions=partitions)
         self.topology = dataclasses.replace(self.topology, routes=routes)

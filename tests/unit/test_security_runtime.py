@@ -117,3 +117,27 @@ def test_a_write_refused_mid_run_stops_with_one_line_instead_of_retrying(cluster
     assert all("unacknowledged" in line for line in errors[1:]), errors
     assert "Traceback" not in run.err.getvalue()
     assert run.result.totals.resent == 0, "a refusal is not retried"
+
+
+def test_offset_reset_latest_starts_a_new_group_at_the_end_of_its_input(cluster: MemoryCluster) -> None:
+    """``--offset-reset latest``: what was in the input before the first start is skipped; what
+    arrives after it is processed, the device step included (its repartition topic is read from
+    its start whatever the setting)."""
+    feed(cluster, 100, seed=1)
+    run = Running(cluster, connection=Connection("memory", offset_reset="latest"))
+    assert wait_until(lambda: run.app.stats.totals.consumed == 0 and run.app.topology is not None, 5)
+    feed(cluster, 60, seed=2)
+    assert wait_until(lambda: run.app.stats.totals.consumed == 60, 20), run.err.getvalue()
+    result = run.stop()
+    assert result.totals.consumed == 60
+    assert len(cluster.records("processed-user-login")) == result.totals.processed > 0
+
+
+def test_offset_reset_latest_keeps_a_group_s_committed_offsets(cluster: MemoryCluster) -> None:
+    feed(cluster, 100, seed=1)
+    first = Running(cluster, stop_when_idle_s=0.3)
+    first.thread.join(timeout=30)
+    feed(cluster, 40, seed=2)
+    again = Running(cluster, connection=Connection("memory", offset_reset="latest"))
+    assert wait_until(lambda: again.app.stats.totals.consumed == 40, 20), again.err.getvalue()
+    assert again.stop().totals.consumed == 40

@@ -42,8 +42,8 @@ class Running:
     def __init__(self, cluster: MemoryCluster, stuck_after_s: float = 15.0,
                  backend: MemoryBackend | None = None, **settings) -> None:
         self.backend = backend or MemoryBackend(cluster)
-        settings = {"summary_topic": None, "metrics_topic": None, **settings}
-        config = PipelineConfig(connection="memory", quiet=True, **settings)
+        settings = {"summary_topic": None, "metrics_topic": None, "connection": "memory", **settings}
+        config = PipelineConfig(quiet=True, **settings)
         self.out, self.err = io.StringIO(), io.StringIO()
         self.app = Application(config, out=self.out, err=self.err, backend=self.backend,
                                health_every_s=0.1, stuck_after_s=stuck_after_s)
