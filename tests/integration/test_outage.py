@@ -160,8 +160,11 @@ def test_expired_batches_replace_the_producer_and_nothing_is_lost(broker, topic_
     bootstrap = broker.bootstrap_servers
     topics = create_pipeline_topics(bootstrap, topic_name, partitions=2)
     name = group()
+    # A linger of 1 s keeps about a second of outputs in the producer when the broker is killed
+    # (with the default 5 ms, a loaded machine could kill it with nothing in flight: no expiry).
     proc, _, err = start_consumer(reaper, bootstrap, topics, name, tmp_path, "expiry", "--quiet",
-                                  "--delivery-timeout-ms", "3000", "--filtered-topic", topics.filtered)
+                                  "--delivery-timeout-ms", "3000", "--linger-ms", "1000",
+                                  "--filtered-topic", topics.filtered)
     feeder = Feeder(bootstrap, topics.input, seed=41, rate=2000)
     try:
         assert wait_until(lambda: sum(end_offsets(bootstrap, topics.output).values()) > 1000, 60), \

@@ -297,9 +297,14 @@ def test_pipeline_over_sasl_ssl_accounts_for_every_event(sasl_run: PipelineRun,
 
 
 def test_outputs_over_sasl_ssl_are_snappy(sasl_run: PipelineRun, secure_kafka: SecureKafka) -> None:
-    for topic in (sasl_run.topics.output, sasl_run.topics.dlq, sasl_run.topics.filtered):
+    dump = secure_kafka.broker.dump_log_segments(sasl_run.topics.output)
+    assert data_codecs(dump) == {"snappy"}, dump[:2000]
+    # The small dead-letter and filtered streams are sent snappy too, but kafka-python sends a
+    # batch uncompressed when snappy does not make it smaller (default_records._maybe_compress;
+    # a batch of one record, in a fresh-clone run): some snappy batches, not only snappy ones.
+    for topic in (sasl_run.topics.dlq, sasl_run.topics.filtered):
         dump = secure_kafka.broker.dump_log_segments(topic)
-        assert data_codecs(dump) == {"snappy"}, f"{topic}: {dump[:2000]}"
+        assert "snappy" in data_codecs(dump), f"{topic}: {dump[:2000]}"
 
 
 def test_dashboard_feed_reads_the_groups_summary_over_sasl_ssl(sasl_run: PipelineRun) -> None:
