@@ -7,10 +7,11 @@ command's module for its own); this module imports neither them nor the topic li
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 from loginpipe.core.events import is_app_version
 from loginpipe.errors import UserError
@@ -23,17 +24,42 @@ from loginpipe.kafka.settings import (
     Connection,
     build_connection,
 )
+from loginpipe.observe import logs
+
+# The name a dispatcher ran this command under ("loginpipe consume"): parsers show it in their
+# usage and errors instead of the script's own name (set once by loginpipe/__main__.py).
+_invoked_as: str | None = None
+
+
+def invoked_as(name: str | None) -> None:
+    """Name every parser built from now on ``name`` (None: each parser's own ``prog``)."""
+    global _invoked_as
+    _invoked_as = name
 
 
 class EnvArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose options may take their default from an environment variable."""
+    """An ArgumentParser whose options may take their default from an environment variable,
+    which has ``--log-level``/``--log-format`` (configured as soon as they are parsed), and whose
+    usage errors are one line with a hint, not a usage block."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, add_logging: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        if _invoked_as and add_logging:  # a subcommand's parser keeps the name argparse gives it
+            kwargs["prog"] = _invoked_as
         super().__init__(*args, **kwargs)
+        self._logging = add_logging
+        if add_logging:
+            group = self.add_argument_group("logging")
+            self.add_env_argument("--log-level", env="LOG_LEVEL", type=choice(logs.LEVELS),
+                                  metavar="{" + ",".join(logs.LEVELS) + "}", default="INFO",
+                                  help="the least severe log records shown", group=group)
+            self.add_env_argument("--log-format", env="LOG_FORMAT", type=choice(logs.FORMATS),
+                                  metavar="{text,json}", default="text",
+                                  help="log records as text, or one JSON object per line", group=group)
 
     def add_env_argument(self, flag: str, *, env: str, default: Any = None,
-                         type: Callable[[str], Any] = str, help: str = "", **kwargs: Any) -> None:
+                         type: Callable[[str], Any] = str, help: str = "",
+                         group: argparse._ArgumentGroup | None = None, **kwargs: Any) -> None:
         """Add ``flag``; ``$env``, when set, replaces the default. Flags still win over env."""
         raw = os.environ.get(env)
         if raw is not None and raw != "":
@@ -42,7 +68,24 @@ class EnvArgumentParser(argparse.ArgumentParser):
             except (TypeError, ValueError):
                 self.error(f"environment variable {env}={raw!r} is not a valid {flag} value")
         help_text = f"{help} [env {env}]" if help else f"[env {env}]"
-        self.add_argument(flag, type=type, default=default, help=help_text, **kwargs)
+        (group or self).add_argument(flag, type=type, default=default, help=help_text, **kwargs)
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        # Subcommands share their parent's logging flags rather than repeating them (a
+        # subparser's defaults would overwrite what was given before the subcommand).
+        kwargs.setdefault("parser_class", functools.partial(type(self), add_logging=False))
+        return super().add_subparsers(**kwargs)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> Any:
+        parsed, rest = super().parse_known_args(args, namespace)
+        if self._logging and getattr(parsed, "log_level", None):
+            logs.configure(parsed.log_level, parsed.log_format)
+        return parsed, rest
+
+    def error(self, message: str) -> NoReturn:
+        """One line and exit code 2 (argparse's), with where to look, instead of a usage block."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def positive_int(text: str) -> int:
@@ -183,6 +226,9 @@ def choice(options: tuple[str, ...]) -> Callable[[str], str]:
 
 def run_cli(main: Callable[[], int]) -> int:
     """Run ``main``; turn user errors and Ctrl+C into a one-line message and an exit code."""
+    # Until a parser has read --log-level/--log-format, their environment twins decide.
+    logs.configure(_env_choice("LOG_LEVEL", logs.LEVELS, "INFO"),
+                   _env_choice("LOG_FORMAT", logs.FORMATS, "text"))
     try:
         return main()
     except UserError as exc:
@@ -191,3 +237,8 @@ def run_cli(main: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _env_choice(env: str, options: tuple[str, ...], default: str) -> str:
+    value = os.environ.get(env, "")
+    return next((o for o in options if o.lower() == value.lower()), default)
