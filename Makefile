@@ -2,65 +2,88 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+# Every install takes its versions, transitive ones included, from the lock.
+INSTALL := $(PY) -m pip install --quiet --constraint $(LOCK)
+# `make run` needs the package (editable: code changes need no reinstall) with the dashboard;
+# `make test` adds the development tools. Each set has its stamp, so `make test` after `make run`
+# installs only what is missing.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+# `make lock` re-resolves the lock for every platform and Python >= 3.11 from the requirements
+# files (the exact command is also at the top of the lock). It keeps the pins it can; to move
+# every transitive pin to its latest version: make lock LOCK_FLAGS=--upgrade
+LOCK_FLAGS ?=
+LOCK_INPUTS := requirements.txt requirements-dashboard.txt requirements-dev.txt
 
-.PHONY: run test soak bench image lint dashboard chromium kafka-fetch kafka-start kafka-start-secure kafka-stop kafka-status kafka-logs topics generate clean
+.PHONY: run test soak bench image lint lock dashboard chromium kafka-fetch kafka-start kafka-start-secure kafka-stop kafka-status kafka-logs topics generate clean
 
-run: $(STAMP) kafka-fetch          ## broker + topics + generator + consumer; Ctrl+C stops it
-	$(PY) -m loginpipe.local.stack
+run: $(RUN_STAMP) kafka-fetch      ## broker + topics + generator + consumer; Ctrl+C stops it
+	$(VENV)/bin/loginpipe run
 
-test: $(STAMP) kafka-fetch chromium  ## unit + integration tests against a real local broker
+test: $(DEV_STAMP) kafka-fetch chromium  ## unit + integration tests against a real local broker
 	$(PY) -m pytest
 
-soak: $(STAMP) kafka-fetch        ## five 60 s broker kills during a 200k-event drain (about 10 minutes)
+soak: $(DEV_STAMP) kafka-fetch     ## five 60 s broker kills during a 200k-event drain (about 10 minutes)
 	$(PY) -m pytest -m soak -s
 
-dashboard: $(STAMP)                ## the live dashboard on http://localhost:8501 (reads the local broker)
-	$(PY) -m loginpipe.dashboard
+dashboard: $(RUN_STAMP)            ## the live dashboard on http://localhost:8501 (reads the local broker)
+	$(VENV)/bin/loginpipe dashboard
 
 chromium:                          ## Debian's chromium, for the dashboard's browser test
 	@scripts/ensure_chromium.sh
 
-bench: $(STAMP) kafka-fetch        ## throughput, latency, guarantees and memory benchmark; results in bench-results/
+bench: $(DEV_STAMP) kafka-fetch    ## throughput, latency, guarantees and memory benchmark; results in bench-results/
 	$(PY) -m loginpipe.benchmark
 
-image: $(STAMP) kafka-fetch        ## remakes image.png from a real run of the consumer in tmux
+image: $(DEV_STAMP) kafka-fetch    ## remakes image.png from a real run of the consumer in tmux
 	$(PY) scripts/capture_terminal.py
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
-$(STAMP): requirements.txt requirements-dashboard.txt requirements-dev.txt
+lock: | $(PY)                      ## re-resolves requirements.lock after a change to requirements*.txt
+	$(PY) -m pip install --quiet "$$(grep -E '^uv==' requirements-dev.txt)"
+	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 $(LOCK_FLAGS) $(LOCK_INPUTS) -o $(LOCK)
+
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $(STAMP)
 
-kafka-fetch: $(STAMP)
-	$(PY) -m loginpipe.local.broker fetch
+$(RUN_STAMP): pyproject.toml loginpipe/__init__.py requirements.txt requirements-dashboard.txt $(LOCK) | $(PY)
+	$(INSTALL) --editable '.[dashboard]'
+	touch $@
+
+# the `dev` extra's file, installed directly: the editable package is already there
+$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
+	$(INSTALL) --requirement requirements-dev.txt
+	touch $@
+
+kafka-fetch: $(RUN_STAMP)
+	$(VENV)/bin/loginpipe broker fetch
 
 kafka-start: kafka-fetch
-	$(PY) -m loginpipe.local.broker start
+	$(VENV)/bin/loginpipe broker start
 
 # the same node with SASL_SSL on 29094 (SCRAM-SHA-512), ACLs, and .kafka/secrets/client.properties
 kafka-start-secure: kafka-fetch
-	$(PY) -m loginpipe.local.broker start --secure
+	$(VENV)/bin/loginpipe broker start --secure
 
-kafka-stop: $(STAMP)
-	$(PY) -m loginpipe.local.broker stop
+kafka-stop: $(RUN_STAMP)
+	$(VENV)/bin/loginpipe broker stop
 
-kafka-status: $(STAMP)
-	$(PY) -m loginpipe.local.broker status
+kafka-status: $(RUN_STAMP)
+	$(VENV)/bin/loginpipe broker status
 
-kafka-logs: $(STAMP)
-	$(PY) -m loginpipe.local.broker logs
+kafka-logs: $(RUN_STAMP)
+	$(VENV)/bin/loginpipe broker logs
 
-topics: $(STAMP)
+topics: $(RUN_STAMP)
 	$(PY) create_kafka_topic.py
 
-generate: $(STAMP)
-	$(PY) -m loginpipe.local.generator
+generate: $(RUN_STAMP)
+	$(VENV)/bin/loginpipe generate
 
-clean:                             ## stops the broker, removes the venv and all Kafka files
+clean:                             ## stops the broker, removes the venv, all Kafka files and build output
 	-$(PY) -m loginpipe.local.broker stop
-	rm -rf $(VENV) .kafka .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .kafka .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from loginpipe.cli import (
     EnvArgumentParser,
     add_bootstrap_argument,
+    choice,
     connection_from_args,
     flag,
     non_negative_float,
@@ -25,6 +26,7 @@ from loginpipe.core.events import MAX_FUTURE_SKEW_S
 from loginpipe.core.privacy import MIN_SECRET_BYTES, SECRET_ENV, Privacy
 from loginpipe.errors import UserError
 from loginpipe.kafka.settings import Connection
+from loginpipe.observe.terminal import VIEWS
 from loginpipe.state.stores import DEFAULT_MAX_TRACKED_KEYS
 from loginpipe.topics import (
     DEFAULT_GROUP,
@@ -57,6 +59,7 @@ class PipelineConfig:
     processes: int = 1  # > 1: this command starts that many processes in the group
     stats_every: int = 100
     stats_interval_s: float = 0.0
+    view: str = "auto"  # the stats: "live" block on a terminal, or "lines"; "auto": live on a terminal
     show_messages: bool = False
     stop_when_idle_s: float = 0.0
     max_poll_records: int = 2000
@@ -120,9 +123,13 @@ def build_pipeline_parser() -> EnvArgumentParser:
         help="processes in the group, each with its threads (Python threads share one core; "
              "processes add cores); Ctrl+C stops them all, and the group's summary is printed")
     add("--stats-every", env="STATS_EVERY", type=positive_int, default=defaults.stats_every,
-        help="print a stats line every N messages")
+        help="update the status block, or print a stats line, every N messages")
     add("--stats-interval", env="STATS_INTERVAL", type=non_negative_float, default=defaults.stats_interval_s,
-        help="print a stats line every S seconds instead (0: use --stats-every)")
+        help="every S seconds instead (0: use --stats-every)")
+    add("--view", env="STATS_VIEW", type=choice(VIEWS), metavar="{" + ",".join(VIEWS) + "}",
+        default=defaults.view,
+        help="live: a status block redrawn in place (needs a terminal); lines: one compact timestamped "
+             "line each time (for pipes, files, Docker logs); auto: live when stdout is a terminal")
     add("--show-messages", env="SHOW_MESSAGES", type=flag, default=False, nargs="?", const=True,
         help="print every processed record")
     add("--stop-when-idle", env="STOP_WHEN_IDLE", type=non_negative_float, default=0.0,
@@ -162,7 +169,9 @@ def build_pipeline_parser() -> EnvArgumentParser:
         help="at-least-once: a crash may repeat outputs (the faster); exactly-once: outputs, state "
              "changes and offsets commit together in Kafka transactions (read outputs with "
              "isolation.level=read_committed)")
-    parser.add_argument("--quiet", action="store_true", help="no stats lines, only the final summary")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no status block, stats lines or start-up lines: only warnings, errors and the "
+                             "final summary")
 
     add("--privacy", env="PRIVACY", type=flag, default=False, nargs="?", const=True,
         help=f"mask IPs and pseudonymize device ids in every output (key from ${SECRET_ENV})")
@@ -208,7 +217,7 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
         connection=connection_from_args(args), input_topic=args.input_topic,
         output_topic=args.output_topic, dlq_topic=args.dlq_topic, group_id=args.group_id,
         threads=args.threads, processes=args.processes, stats_every=args.stats_every,
-        stats_interval_s=args.stats_interval,
+        stats_interval_s=args.stats_interval, view=args.view,
         show_messages=bool(args.show_messages), stop_when_idle_s=args.stop_when_idle,
         max_poll_records=args.max_poll_records, commit_every_records=args.commit_every,
         commit_interval_ms=args.commit_interval_ms or default_commit_interval(args.processing_guarantee),

@@ -1,12 +1,18 @@
 """Every topic the pipeline uses, in one list, and the command that creates them
-(create_kafka_topic.py). The admin operations themselves are in ``kafka/admin.py``."""
+(create_kafka_topic.py, ``loginpipe topics``), under the default names or the user's own. The
+admin operations themselves are in ``kafka/admin.py``."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from loginpipe.kafka.settings import DEFAULT_BOOTSTRAP
 
 if TYPE_CHECKING:
     from loginpipe.cli import EnvArgumentParser
@@ -93,18 +99,93 @@ def _topic_safe(group_id: str) -> str:
     return safe
 
 
+# The topic flags of the consumer, with the names they default to here, in command-line order.
+TOPIC_FLAGS: dict[str, str] = {
+    "input_topic": INPUT_TOPIC, "output_topic": OUTPUT_TOPIC, "dlq_topic": DLQ_TOPIC,
+    "filtered_topic": FILTERED_TOPIC, "summary_topic": SUMMARY_TOPIC, "metrics_topic": METRICS_TOPIC,
+}
+PARTITION_MISMATCH_EXIT = 3  # an existing topic has fewer partitions than asked (documented in --help)
+
+
+def plural(count: int, word: str) -> str:
+    """``1 partition``, ``4 partitions``: a count in a message, with its noun agreeing."""
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+
+
+def pipeline_topics(names: Mapping[str, str | None] | None = None) -> tuple[TopicSpec, ...]:
+    """``TOPICS`` with the given names ({"input_topic": "x", ...}, as ``TOPIC_FLAGS``): each keeps its
+    purpose, partitions and configs; a name that is None is left out (that output is off)."""
+    names = names or {}
+    renamed = []
+    for flag_name, spec in zip(TOPIC_FLAGS, TOPICS, strict=True):
+        name = names.get(flag_name, spec.name)
+        if name is not None:
+            renamed.append(replace(spec, name=name))
+    return tuple(renamed)
+
+
+def create_command(bootstrap_servers: str | None = None, **names: str | None) -> str:
+    """The command that creates the pipeline's topics under these names (keywords of
+    ``TOPIC_FLAGS``; None or a default name adds no flag), for hints: "create it with: ...".
+    Named as the user ran this program: ``loginpipe topics`` under the dispatcher, else the script."""
+    from loginpipe import cli
+
+    invoked = cli._invoked_as
+    words = [*invoked.split()[:-1], "topics"] if invoked else ["python", "create_kafka_topic.py"]
+    if bootstrap_servers and bootstrap_servers != DEFAULT_BOOTSTRAP:
+        words += ["--bootstrap-servers", bootstrap_servers]
+    for flag_name, name in names.items():
+        if flag_name not in TOPIC_FLAGS:
+            raise TypeError(f"unknown topic flag {flag_name}")
+        if name is not None and name != TOPIC_FLAGS[flag_name]:
+            words += ["--" + flag_name.replace("_", "-"), name]
+    return shlex.join(words)
+
+
+def missing_topics_message(missing: Sequence[str], settings: Any) -> str:
+    """One line for topics that do not exist: which, where, and the command that creates them with
+    the names ``settings`` (a ``PipelineConfig``, or anything with its topic and bootstrap
+    attributes) uses."""
+    names = {flag_name: getattr(settings, flag_name, None) for flag_name in TOPIC_FLAGS}
+    command = create_command(getattr(settings, "bootstrap_servers", None), **names)
+    which = f"topic {missing[0]} does not" if len(missing) == 1 else f"topics {', '.join(missing)} do not"
+    it = "it" if len(missing) == 1 else "them"
+    return f"{which} exist at {getattr(settings, 'bootstrap_servers', DEFAULT_BOOTSTRAP)}; " \
+           f"create {it} with: {command}"
+
+
 def build_parser() -> EnvArgumentParser:
     # Imported here: the core imports this module for the topic names, and needs no CLI.
-    from loginpipe.cli import EnvArgumentParser, add_bootstrap_argument, positive_int
+    from loginpipe.cli import EnvArgumentParser, add_bootstrap_argument, optional_topic, positive_int
 
-    names = ", ".join(spec.name for spec in TOPICS)
     parser = EnvArgumentParser(
         prog="create_kafka_topic.py",
-        description=f"Create every topic the pipeline uses: {names}, and the default group's own "
-                    f"({DEFAULT_GROUP}-...; the consumer creates those itself for any group).")
+        description="Create the topics the pipeline uses, under the names the consumer is given (the "
+                    "same flags and environment variables as create_kafka_consumer.py), and the "
+                    "group's own topics (GROUP-aggregates-changelog, GROUP-devices-changelog, "
+                    "GROUP-by-device-repartition; the consumer also creates those itself). Topics "
+                    "that exist are left as they are.",
+        epilog=f"Exit status: 0 when every topic exists with at least the partitions asked; "
+               f"{PARTITION_MISMATCH_EXIT} when an existing topic has fewer (one line each on stderr: "
+               f"delete it, or add partitions); 1 when the broker cannot be reached or creation "
+               f"fails; 2 for a usage error.")
     add_bootstrap_argument(parser)
+    group = parser.add_argument_group("topic names", "'none' skips an optional topic")
+    add = parser.add_env_argument
+    add("--input-topic", env="INPUT_TOPIC", default=INPUT_TOPIC, help="raw login events", group=group)
+    add("--output-topic", env="OUTPUT_TOPIC", default=OUTPUT_TOPIC, help="enriched records", group=group)
+    add("--dlq-topic", env="DLQ_TOPIC", default=DLQ_TOPIC, help="dead letters", group=group)
+    add("--filtered-topic", env="FILTERED_TOPIC", type=optional_topic, default=FILTERED_TOPIC,
+        help="filtered events (the consumer's --filtered-topic)", group=group)
+    add("--summary-topic", env="SUMMARY_TOPIC", type=optional_topic, default=SUMMARY_TOPIC,
+        help="aggregation snapshots", group=group)
+    add("--metrics-topic", env="METRICS_TOPIC", type=optional_topic, default=METRICS_TOPIC,
+        help="the pipeline's health", group=group)
+    add("--group-id", env="GROUP_ID", default=DEFAULT_GROUP, help="the consumer group whose own "
+        "topics are created too ('none': not those)", type=optional_topic, group=group)
     parser.add_env_argument("--partitions", env="PARTITIONS", type=positive_int,
-                            default=DEFAULT_PARTITIONS, help="partitions per topic")
+                            default=DEFAULT_PARTITIONS, help="partitions per topic (the summary and "
+                            "metrics topics always have 1)")
     parser.add_env_argument("--replication-factor", env="REPLICATION_FACTOR", type=positive_int,
                             default=1, help="replicas per partition")
     return parser
@@ -115,8 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     from loginpipe.kafka.admin import ensure_topics
 
     args = build_parser().parse_args(argv)
-    specs = TOPICS + InternalTopics.of(DEFAULT_GROUP).specs()
+    specs = pipeline_topics({flag_name: getattr(args, flag_name) for flag_name in TOPIC_FLAGS})
+    if args.group_id is not None:
+        specs += InternalTopics.of(args.group_id).specs()
     results = ensure_topics(connection_from_args(args), specs, args.partitions, args.replication_factor)
     for result in results:
-        print(result.describe())
-    return 0 if all(r.ok for r in results) else 2
+        if result.ok:
+            print(result.describe(), flush=True)
+        else:
+            print(f"error: {result.describe()}", file=sys.stderr, flush=True)
+    return 0 if all(r.ok for r in results) else PARTITION_MISMATCH_EXIT

@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Capture the consumer's terminal during a real run and render it to ``image.png``.
+"""Capture what `make run` prints, during a real run, and render it to ``image.png``.
 
-Starts the local broker, creates three fresh topics, runs ``create_kafka_consumer.py`` in a
-detached tmux session of a fixed size (typed at a ``$`` prompt so the command shows), feeds it
-with the generator, presses Ctrl+C once enough stats lines are on screen, waits for the summary
-and the prompt, then renders ``tmux capture-pane`` output with Pillow. Everything it started
-(tmux server, generator, topics) is removed again, whatever happens.
+Starts the local broker, then, in a detached tmux session of a normal size (100 x 40, typed at a
+``$`` prompt so the command shows), runs what `make run` runs: ``python -m loginpipe.local.stack``
+(broker check, topics, the generator at 1,000 events/s, the consumer with its live status block).
+The only differences: the dashboard is off (``--dashboard-port 0``: it would take the port of a
+dashboard the user runs), and the topics and group are fresh ones (INPUT_TOPIC, OUTPUT_TOPIC,
+DLQ_TOPIC, GROUP_ID in the shell's environment), so the user's own are never touched. Once the
+generator's first progress line has scrolled above the block, the screen is captured and rendered
+with Pillow; then Ctrl+C stops the run. Everything it started (tmux server, processes, topics)
+is removed again, whatever happens.
 
     .venv/bin/python scripts/capture_terminal.py [--output image.png]
 """
@@ -16,10 +20,8 @@ import argparse
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -29,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from scripts/: the package is one folder up
 
-from loginpipe.kafka.admin import delete_topics, ensure_topics  # noqa: E402
+from loginpipe.kafka.admin import delete_topics  # noqa: E402
 from loginpipe.local.broker import LocalBroker  # noqa: E402
-from loginpipe.topics import DEFAULT_PARTITIONS, TOPICS, TopicSpec  # noqa: E402
+from loginpipe.topics import InternalTopics  # noqa: E402
 from loginpipe.waiting import wait_until  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -39,11 +41,10 @@ FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 FONT_REGULAR = FONT_DIR / "DejaVuSansMono.ttf"
 FONT_BOLD = FONT_DIR / "DejaVuSansMono-Bold.ttf"
 
-COLS, ROWS = 180, 42
-STATS_EVERY = 1000
-STATS_LINES = 15
-GENERATOR_RATE = 1500  # msg/s: a stats line roughly every 0.7 s
-GENERATOR_COUNT = GENERATOR_RATE * 60  # ends on its own even if nobody stops it
+COLS, ROWS = 100, 40  # a normal terminal
+COMMAND = ["python", "-m", "loginpipe.local.stack", "--dashboard-port", "0"]
+# The generator's progress line comes every 30 s (stack.py): by then the block has a full window.
+FIRST_PROGRESS_S = 60.0
 
 BACKGROUND = (30, 32, 36)
 FOREGROUND = (214, 218, 224)
@@ -135,75 +136,38 @@ def capture(output: Path) -> Path:
     bootstrap = broker.bootstrap_servers
 
     run_id = uuid.uuid4().hex[:6]
-    # Short names, so the typed command fits on one row of the terminal.
-    topics = {"input": f"capture-{run_id}-in", "output": f"capture-{run_id}-out",
-              "dlq": f"capture-{run_id}-dlq"}
+    topics = {"INPUT_TOPIC": f"capture-{run_id}-in", "OUTPUT_TOPIC": f"capture-{run_id}-out",
+              "DLQ_TOPIC": f"capture-{run_id}-dlq"}
     group = f"capture-{run_id}"
-    consumer_cmd = ["python", "create_kafka_consumer.py", "--input-topic", topics["input"],
-                    "--output-topic", topics["output"], "--dlq-topic", topics["dlq"],
-                    "--group-id", group, "--stats-every", str(STATS_EVERY)]
-    if bootstrap != "127.0.0.1:29092":
-        consumer_cmd += ["--bootstrap-servers", bootstrap]
-    command_line = shlex.join(consumer_cmd)
-
-    env = shell_env()
+    command = [*COMMAND, *(["--bootstrap-servers", bootstrap] if bootstrap != "127.0.0.1:29092" else [])]
+    command_line = shlex.join(command)
+    env = {**shell_env(), **topics, "GROUP_ID": group}
     tmux = Tmux(f"loginpipe-capture-{run_id}", env)
-    generator: subprocess.Popen | None = None
-    generator_log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in the finally below)
-    created = False
     try:
-        created = True  # even a half-done creation is cleaned up (deleting a missing topic is a no-op)
-        ensure_topics(bootstrap, [TopicSpec(name, "capture") for name in topics.values()], DEFAULT_PARTITIONS)
-        # The default summary and metrics topics, as create_kafka_topic.py does.
-        ensure_topics(bootstrap, TOPICS, DEFAULT_PARTITIONS)
-        print(f"topics {', '.join(topics.values())} created; consumer group {group}", flush=True)
-
         # PS1 goes on the command line: tmux does not hand it down from its own environment.
         tmux.start(["env", f"PS1={PROMPT}", "bash", "--norc", "--noprofile", "-i"], ROOT, COLS, ROWS)
         wait_for("the shell prompt", lambda: tmux.text().rstrip().endswith(PROMPT.strip()), 10)
         tmux.type_line(command_line)
-        wait_for("the consumer to start", lambda: "Ctrl+C stops" in tmux.text(joined=True), 30)
+        print(f"running {command_line} (topics {', '.join(topics.values())}, group {group})", flush=True)
 
-        generator = subprocess.Popen(
-            [str(VENV_BIN / "python"), "-m", "loginpipe.local.generator", "--bootstrap-servers", bootstrap,
-             "--topic", topics["input"], "--rate", str(GENERATOR_RATE),
-             "--count", str(GENERATOR_COUNT), "--progress-every", "30"],
-            cwd=ROOT, stdout=generator_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-
-        def enough_stats() -> bool:
-            if generator.poll() not in (None, 0):
-                generator_log.seek(0)
-                raise RuntimeError(f"the generator exited with {generator.returncode}:\n"
-                                   f"{generator_log.read()}")
+        def running() -> bool:
             text = tmux.text(joined=True)
-            return sum(line.startswith("[stats]") for line in text.splitlines()) >= STATS_LINES
+            if tmux.current_command() == "bash" and "Ctrl+C stops" in text:
+                raise RuntimeError(f"the run ended early:\n{text[-3000:]}")
+            return "generator: generated" in text and "throughput" in text
 
-        wait_for(f"{STATS_LINES} stats lines", enough_stats, 40)
-        tmux.interrupt()
-
-        def finished() -> bool:
-            text = tmux.text(joined=True)
-            return ("= summary =" in text and text.rstrip().endswith(PROMPT.strip())
-                    and tmux.current_command() == "bash")
-
-        wait_for("the summary and the prompt", finished, 40)
+        wait_for("the generator's first progress line above the live block", running, FIRST_PROGRESS_S + 60)
         screen = tmux.text(escapes=True)
+        tmux.interrupt()
+        wait_for("the run to stop", lambda: "= summary =" in tmux.text(joined=True)
+                 and tmux.current_command() == "bash", 60)
     finally:
         tmux.kill()
-        if generator is not None and generator.poll() is None:
-            generator.send_signal(signal.SIGINT)
-            try:
-                generator.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                generator.kill()
-                generator.wait()
-        generator_log.close()
-        if created:
-            try:
-                delete_topics(bootstrap, list(topics.values()))
-            except Exception as exc:  # cleanup must not hide the real outcome
-                print(f"warning: could not delete the capture topics: {exc}", file=sys.stderr)
+        try:
+            internal = [spec.name for spec in InternalTopics.of(group).specs()]
+            delete_topics(bootstrap, [*topics.values(), *internal])
+        except Exception as exc:  # cleanup must not hide the real outcome
+            print(f"warning: could not delete the capture topics: {exc}", file=sys.stderr)
 
     render(screen, f"{PROMPT}{command_line}", output)
     return output

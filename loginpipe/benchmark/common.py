@@ -85,5 +85,7 @@ def bootstrap_servers(given: str | None) -> str:
         say(f"kafka: {broker.start_or_reuse()}")
         return broker.bootstrap_servers
     if not broker_answers(given, timeout_s=5.0):
-        raise UserError(f"cannot reach a Kafka broker at {given}; is it running? (make kafka-start)")
+        from loginpipe.kafka.failures import unreachable_hint
+
+        raise UserError(f"cannot reach a Kafka broker at {given}; {unreachable_hint(given)}")
     return given

@@ -15,7 +15,8 @@ import streamlit as st
 from loginpipe.dashboard.cli import dashboard_settings
 from loginpipe.dashboard.feed import DashboardSettings, Feed
 from loginpipe.dashboard.tiles import STATE_TILES
-from loginpipe.dashboard.view import DISCONNECTED, LIVE, View
+from loginpipe.dashboard.view import DISCONNECTED, LIVE, View, figure, headline
+from loginpipe.topics import plural
 
 RECENT_COLUMNS = ["login_time", "user_id", "device_type", "app_version", "locale", "region", "ip",
                   "risk_level", "risk_factors", "processing_delay_seconds"]
@@ -72,24 +73,17 @@ def header(view: View) -> None:
     elif view.status == LIVE:
         updated = view.summary.get("updated_at", "")
         state = "stopped" if view.summary.get("final") else "running"
-        scope = f", state of {view.partitions} partition(s)" if view.partitions else ""
-        st.success(f"● live: {len(view.instances)} pipeline instance(s){scope}, {state}, updated {updated}")
+        scope = f", state of {plural(view.partitions, 'partition')}" if view.partitions else ""
+        st.success(f"● live: {plural(len(view.instances), 'pipeline instance')}{scope}, {state}, "
+                   f"updated {updated}")
     else:
         st.info(f"● waiting for the pipeline: {view.error or 'no summary snapshot yet'}")
 
 
 def totals(view: View) -> None:
-    s = view.summary or {}
-    t = s.get("totals", {})
-    last = view.metrics[-1] if view.metrics else {}
-    cells = st.columns(7)
-    cells[0].metric("consumed", f"{t.get('consumed', 0):,}")
-    cells[1].metric("processed", f"{t.get('processed', 0):,}")
-    cells[2].metric("filtered", f"{t.get('filtered', 0):,}")
-    cells[3].metric("dead-lettered", f"{t.get('dead_lettered', 0):,}")
-    cells[4].metric("messages/s", f"{last.get('messages_per_second', 0):,.0f}")
-    cells[5].metric("e2e p99 ms", f"{last.get('end_to_end_ms_p99', 0):,.0f}")
-    cells[6].metric("consumer lag", f"{last.get('consumer_lag', 0):,}")
+    row = headline(view)
+    for cell, (label, text) in zip(st.columns(len(row)), row, strict=True):
+        cell.metric(label, text)
 
 
 def details(view: View) -> None:
@@ -138,10 +132,10 @@ def details(view: View) -> None:
         bars(s.get("by_date", {}), "date", sort=False)
     cols = st.columns(2)
     with cols[0]:
-        st.metric("multi-IP users", f"{s.get('multi_ip_users', 0):,}")
+        st.metric("multi-IP users", figure(s.get("multi_ip_users")))
         st.dataframe(pd.DataFrame(s.get("top_multi_ip_users", [])), hide_index=True, width="stretch")
     with cols[1]:
-        st.metric("shared devices", f"{s.get('shared_devices', 0):,}")
+        st.metric("shared devices", figure(s.get("shared_devices")))
         st.dataframe(pd.DataFrame(s.get("top_shared_devices", [])), hide_index=True, width="stretch")
     st.subheader("most recent processed records")
     recent = pd.DataFrame(view.recent)

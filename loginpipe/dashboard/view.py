@@ -35,6 +35,7 @@ RECENT_KEPT = 20
 SAME_RUN_S = 60.0
 STALE_AFTER_S = 30.0  # a running instance silent this long is left out (killed, not stopped)
 WAITING, LIVE, DISCONNECTED = "waiting for the pipeline", "live", "disconnected"
+UNKNOWN = "–"  # a figure the page does not know: never shown as 0, which would be a claim
 
 _SUMMED_DICTS = ("totals", "filtered_by", "dead_lettered_by", "risk_levels", "by_device_type",
                  "by_app_version", "by_locale", "by_region", "by_day_of_week", "by_date", "by_hour")
@@ -207,3 +208,29 @@ def make_view(board: Board, group_id: str | None, now: float | None = None) -> V
     else:
         status = LIVE
     return View(status, summary, instances, partitions, metrics, list(board.recent), board.error)
+
+
+# The figures across the top of the page: (label, where in the summary's totals or the newest
+# metrics record, format).
+COUNT_TILES = (("consumed", "consumed"), ("processed", "processed"), ("filtered", "filtered"),
+               ("dead-lettered", "dead_lettered"))
+RATE_TILES = (("messages/s", "messages_per_second", ",.0f"), ("e2e p99 ms", "end_to_end_ms_p99", ",.0f"),
+              ("consumer lag", "consumer_lag", ","))
+
+
+def figure(value: object, spec: str = ",") -> str:
+    """A number as the page shows it; ``UNKNOWN`` for anything else (missing, or not a number)."""
+    if type(value) not in (int, float):
+        return UNKNOWN
+    return format(value, spec)
+
+
+def headline(view: View) -> list[tuple[str, str]]:
+    """The top row, (label, text): the counts from the summary (the last ones read, while
+    disconnected too: the header says so), ``UNKNOWN`` before any; the rates only while live,
+    from the newest metrics record (what was read before a disconnection is not the rate now)."""
+    totals = (view.summary or {}).get("totals") or {}
+    row = [(label, figure(totals.get(key))) for label, key in COUNT_TILES]
+    last = view.metrics[-1] if view.metrics and view.status == LIVE else {}
+    row += [(label, figure(last.get(key), spec)) for label, key, spec in RATE_TILES]
+    return row

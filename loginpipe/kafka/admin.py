@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +19,7 @@ from loginpipe.errors import UserError
 from loginpipe.kafka.base import is_authorization_failure
 from loginpipe.kafka.failures import explain, forget, watch
 from loginpipe.kafka.settings import Connection, kafka_options
+from loginpipe.topics import plural
 from loginpipe.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -30,8 +31,9 @@ READ_TIMEOUT_S = 15.0
 # read_topic gives up after this long without progress: a big changelog may take minutes to read,
 # and that is fine as long as it moves; a partition whose leader is gone never would.
 STALL_TIMEOUT_S = 30.0
-PROGRESS_EVERY = 200_000
-TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error code  # records between progress lines of read_topic
+PROGRESS_EVERY = 200_000  # records between progress lines of read_topic
+UNKNOWN_TOPIC_OR_PARTITION = 3  # Kafka's error codes
+TOPIC_AUTHORIZATION_FAILED = 29
 
 
 class TopicLike(Protocol):
@@ -55,9 +57,9 @@ class TopicResult:
 
     def describe(self) -> str:
         if self.status == "too-few-partitions":
-            return (f"{self.name}: exists with {self.partitions} partitions, fewer than the "
+            return (f"{self.name}: exists with {plural(self.partitions, 'partition')}, fewer than the "
                     f"{self.wanted} asked (delete it, or add partitions with kafka-topics --alter)")
-        return f"{self.name}: {self.status} ({self.partitions} partitions)"
+        return f"{self.name}: {self.status} ({plural(self.partitions, 'partition')})"
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,30 @@ def describe_partitions(bootstrap: str | Connection, names: list[str]) -> dict[s
         return _partition_counts(admin, names)
     finally:
         admin.close()
+
+
+def require_topic(where: str | Connection, topic: str, create_hint: str,
+                  timeout_s: float = ADMIN_TIMEOUT_S) -> int:
+    """The partition count of ``topic``, asked of the broker at once: a producer would instead wait
+    its max.block.ms for metadata that never comes. A one-line UserError when the topic does not
+    exist (naming it and ``create_hint``, the command that creates it), when this client may not
+    describe it, or when no broker answers."""
+    from kafka.errors import KafkaError
+
+    at = Connection.of(where).bootstrap_servers
+    admin = admin_client(where, timeout_s)
+    try:
+        [described] = admin.describe_topics([topic])
+    except KafkaError as exc:
+        raise UserError(f"cannot describe topic {topic} at {at}: {exc}") from None
+    finally:
+        admin.close()
+    code = described.get("error_code", 0)
+    if code == UNKNOWN_TOPIC_OR_PARTITION:
+        raise UserError(f"topic {topic} does not exist at {at}; create it with: {create_hint}")
+    if code == TOPIC_AUTHORIZATION_FAILED:
+        raise UserError(f"not authorized to describe topic {topic} at {at} (an ACL is missing)")
+    return len(described.get("partitions") or ())
 
 
 def ensure_topics(bootstrap_servers: str | Connection, specs: Sequence[TopicLike], partitions: int,
@@ -288,7 +314,8 @@ def read_topic(bootstrap_servers: str | Connection, topic: str, on_record: Calla
         consumer.close()
 
 
-def _reading_consumer(bootstrap_servers: str | Connection) -> KafkaConsumer:
+def _reading_consumer(bootstrap_servers: str | Connection, client_id: str = "loginpipe-query"
+                      ) -> KafkaConsumer:
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -300,10 +327,45 @@ def _reading_consumer(bootstrap_servers: str | Connection) -> KafkaConsumer:
         # log start move while we read, carry on from the new one (what was before it is gone).
         return KafkaConsumer(**kafka_options(bootstrap_servers), group_id=None, enable_auto_commit=False,
                              isolation_level="read_committed", allow_auto_create_topics=False,
-                             auto_offset_reset="earliest", client_id="loginpipe-query",
+                             auto_offset_reset="earliest", client_id=client_id,
                              bootstrap_timeout_ms=5_000, request_timeout_ms=15_000, max_poll_records=10_000)
     except (KafkaError, OSError) as exc:
         raise _unreachable(bootstrap_servers, exc) from None
+
+
+def follow_topic(where: str | Connection, topic: str, from_beginning: bool = False,
+                 on_ready: Callable[[int], None] | None = None) -> Iterator[ConsumerRecord]:
+    """Every committed record of ``topic`` (read_committed, no consumer group: nothing is committed
+    or joined) from the start of each partition, or only those written after the call, as they
+    arrive, without end: the caller stops by closing the iterator (a ``for`` loop's break, islice).
+    ``on_ready`` gets the partition count once every partition's position is known, so a record
+    written after it is never missed. A one-line UserError when the broker does not answer or the
+    topic does not exist. Partitions added to the topic later are not followed."""
+    from kafka import TopicPartition
+    from kafka.errors import KafkaError
+
+    consumer = _reading_consumer(where, client_id="loginpipe-tail")
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise UserError(f"topic {topic} does not exist at {Connection.of(where).bootstrap_servers}")
+        every = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(every)
+        if from_beginning:
+            consumer.seek_to_beginning(*every)
+        else:
+            consumer.seek_to_end(*every)
+        for tp in every:
+            consumer.position(tp)  # looked up now: a seek alone is resolved lazily, at the first fetch
+        if on_ready is not None:
+            on_ready(len(every))
+        while True:
+            for records in consumer.poll(timeout_ms=500).values():
+                yield from records
+    except KafkaError as exc:
+        raise UserError(f"reading {topic} failed: {exc}") from None
+    finally:
+        consumer.close()
 
 
 def _assign_from_beginning(consumer: KafkaConsumer, topic: str

@@ -92,8 +92,29 @@ def explain(where: str | Connection, exc: BaseException | None = None) -> str:
                 "wrong user name or password? (the password comes from $SASL_PASSWORD, "
                 "--sasl-password-file or --client-config)")
     if "Connection refused" in cause or "ECONNREFUSED" in cause or exc is None or not cause:
-        hint = "is it running? (make kafka-start)" if connection.bootstrap_servers == DEFAULT_BOOTSTRAP \
-            else "is it running, and is the address right?"
-        return f"cannot reach a Kafka broker at {at}; {hint}"
+        return f"cannot reach a Kafka broker at {at}; {unreachable_hint(connection)}"
     last = cause.splitlines()[-1]
     return f"cannot connect to {at}: {last.split(' failed: ', 1)[-1][:200]}"
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def unreachable_hint(where: str | Connection) -> str:
+    """What to check when no broker answers at ``where``: the local broker's start command only
+    where that broker would be (it listens on 127.0.0.1:29092); for another address, the things
+    that keep a remote cluster out of reach."""
+    connection = Connection.of(where)
+    servers = [s.strip().lower() for s in connection.bootstrap_servers.split(",") if s.strip()]
+    hosts_ports = [server.rpartition(":")[::2] for server in servers]
+    default_port = DEFAULT_BOOTSTRAP.rpartition(":")[2]
+    if servers and all(host in LOCAL_HOSTS for host, _ in hosts_ports):
+        if all(port == default_port for _, port in hosts_ports):
+            return "is it running? (make kafka-start)"
+        return (f"is it running, and on that port? (the local broker, make kafka-start, listens on "
+                f"{default_port})")
+    hint = ("check the address, that this machine can reach it (network, firewall), and that the "
+            "broker's advertised.listeners name an address reachable from here")
+    if not (connection.uses_tls or connection.uses_sasl):
+        hint += "; a secured cluster also needs its settings (--client-config)"
+    return hint

@@ -12,6 +12,7 @@ and client properties files are in ``<home>/secrets`` (see ``secrets.py``).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import os
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loginpipe.cli import EnvArgumentParser, flag, port_number, run_cli
+from loginpipe.cli import EnvArgumentParser, flag, port_number, positive_int, run_cli
 from loginpipe.errors import UserError
 from loginpipe.local.secrets import (
     ADMIN_USER,
@@ -45,9 +46,21 @@ from loginpipe.local.secrets import (
 )
 from loginpipe.waiting import wait_until
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (site-packages when installed)
 POM = Path(__file__).resolve().parent / "maven" / "pom.xml"
-DEFAULT_HOME = PROJECT_ROOT / ".kafka"
+
+
+def default_home(root: Path = PROJECT_ROOT) -> Path:
+    """The broker's folder (jars, data, logs): ``.kafka/`` in a source checkout, where the Makefile
+    and the tests look; for an installed package, whose folder may be read-only and is replaced on
+    upgrade, the user's cache folder."""
+    if (root / "pyproject.toml").is_file():
+        return root / ".kafka"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "loginpipe" / "kafka"
+
+
+DEFAULT_HOME = default_home()
 DEFAULT_PORT = 29092
 DEFAULT_CONTROLLER_PORT = 29093
 DEFAULT_SECURE_PORT = 29094
@@ -580,11 +593,11 @@ def build_parser() -> EnvArgumentParser:
     parser.add_argument("command", choices=["start", "stop", "status", "logs", "fetch"])
     parser.add_env_argument("--home", env="KAFKA_HOME_DIR", default=str(DEFAULT_HOME),
                             help="folder for jars, data, logs and pid file")
-    parser.add_env_argument("--port", env="KAFKA_PORT", type=int, default=DEFAULT_PORT,
+    parser.add_env_argument("--port", env="KAFKA_PORT", type=port_number, default=DEFAULT_PORT,
                             help="client (PLAINTEXT) port")
-    parser.add_env_argument("--controller-port", env="KAFKA_CONTROLLER_PORT", type=int,
+    parser.add_env_argument("--controller-port", env="KAFKA_CONTROLLER_PORT", type=port_number,
                             default=DEFAULT_CONTROLLER_PORT, help="KRaft controller port")
-    parser.add_env_argument("--heap-mb", env="KAFKA_HEAP_MB", type=int, default=DEFAULT_HEAP_MB,
+    parser.add_env_argument("--heap-mb", env="KAFKA_HEAP_MB", type=positive_int, default=DEFAULT_HEAP_MB,
                             help="JVM heap cap in MiB")
     parser.add_env_argument("--secure", env="KAFKA_SECURE", type=flag, default=False, nargs="?", const=True,
                             help="with 'start': also a SASL_SSL listener (SCRAM-SHA-512 over TLS), users "
@@ -597,12 +610,31 @@ def build_parser() -> EnvArgumentParser:
                             help="like --secure, plus a mutual-TLS listener (client certificates)")
     parser.add_env_argument("--mtls-port", env="KAFKA_MTLS_PORT", type=port_number, default=DEFAULT_MTLS_PORT,
                             help="mutual-TLS port")
-    parser.add_argument("--lines", type=int, default=50, help="with 'logs': how many lines")
+    parser.add_argument("--lines", type=positive_int, default=50, help="with 'logs': how many lines")
     return parser
 
 
+def port_clash(args: argparse.Namespace) -> str | None:
+    """Two listeners asked to share a port (the broker would fail a minute later): which ones."""
+    used = {"--port": args.port, "--controller-port": args.controller_port}
+    if args.secure or args.secure_only or args.mtls:
+        used["--secure-port"] = args.secure_port
+    if args.mtls:
+        used["--mtls-port"] = args.mtls_port
+    seen: dict[int, str] = {}
+    for name, port in used.items():
+        if port in seen:
+            return f"{seen[port]} and {name} are both {port}: each listener needs its own port"
+        seen[port] = name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    clash = port_clash(args) if args.command == "start" else None
+    if clash:
+        parser.error(clash)
     broker = LocalBroker(Path(args.home), args.port, args.controller_port, args.heap_mb,
                          secure=args.secure, secure_port=args.secure_port, secure_only=args.secure_only,
                          mtls_port=args.mtls_port if args.mtls else None)

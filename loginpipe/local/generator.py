@@ -30,10 +30,10 @@ from loginpipe.cli import (
     run_cli,
 )
 from loginpipe.errors import UserError
-from loginpipe.kafka.admin import unreachable
+from loginpipe.kafka.admin import require_topic, unreachable
 from loginpipe.kafka.failures import forget, watch
 from loginpipe.kafka.settings import Connection, kafka_options
-from loginpipe.topics import INPUT_TOPIC
+from loginpipe.topics import INPUT_TOPIC, create_command
 
 US_STATES = (
     "AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ "
@@ -210,6 +210,10 @@ def produce(config: GeneratorConfig, out=sys.stderr) -> dict[str, int]:
     """Send ``config.count`` events (forever when 0) at ``config.rate``; return counts by kind."""
     from kafka.errors import KafkaTimeoutError
 
+    create_hint = create_command(Connection.of(config.bootstrap_servers).bootstrap_servers,
+                                 input_topic=config.topic)
+    # Asked first: a producer would wait its max_block_ms (10 s) for metadata of a missing topic.
+    require_topic(config.bootstrap_servers, config.topic, create_hint)
     producer = make_producer(config.bootstrap_servers)
     seed = config.seed if config.seed is not None else random.randrange(2**32)
     generator = EventGenerator(seed=seed, users=config.users, bad_ratio=config.bad_ratio)
@@ -235,8 +239,8 @@ def produce(config: GeneratorConfig, out=sys.stderr) -> dict[str, int]:
     except KeyboardInterrupt:
         print("generator: interrupted, flushing what was sent", file=out, flush=True)
     except KafkaTimeoutError:
-        raise UserError(f"timed out sending to {config.topic}: does the topic exist? "
-                        "(python create_kafka_topic.py)") from None
+        raise UserError(f"timed out sending to {config.topic}: does the topic still exist? "
+                        f"({create_hint})") from None
     finally:
         producer.flush()
         producer.close()
@@ -257,7 +261,8 @@ def _report(out, sent: int, total: int | None, elapsed: float, final: bool = Fal
     of = f"/{total:,}" if total else ""
     word = "sent" if final else "generated"
     rate = sent / elapsed if elapsed > 0 else 0.0
-    print(f"generator: {word} {sent:,}{of} events ({rate:,.0f} events/s)", file=out, flush=True)
+    events = "event" if (total or sent) == 1 else "events"
+    print(f"generator: {word} {sent:,}{of} {events} ({rate:,.0f} events/s)", file=out, flush=True)
 
 
 def build_parser() -> EnvArgumentParser:
@@ -265,7 +270,7 @@ def build_parser() -> EnvArgumentParser:
                                description="Produce synthetic login events to Kafka.")
     add_bootstrap_argument(parser)
     parser.add_env_argument("--topic", env="INPUT_TOPIC", default=INPUT_TOPIC, help="topic to write to")
-    parser.add_env_argument("--count", env="GENERATOR_COUNT", type=int, default=0,
+    parser.add_env_argument("--count", env="GENERATOR_COUNT", type=non_negative_int, default=0,
                             help="events to send; 0 runs until Ctrl+C")
     parser.add_env_argument("--rate", env="GENERATOR_RATE", type=non_negative_float, default=1000.0,
                             help="events per second; 0 is as fast as possible")
@@ -280,6 +285,16 @@ def build_parser() -> EnvArgumentParser:
     return parser
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+non_negative_int.__name__ = "whole number (0 or more)"
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM stops like Ctrl+C: what was generated is still flushed
 
@@ -287,8 +302,6 @@ def _interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    if args.count < 0:
-        raise UserError("--count must be 0 (forever) or more")
     config = GeneratorConfig(connection_from_args(args), args.topic, args.count, args.rate,
                              args.seed, args.bad_ratio, args.users, args.progress_every)
     produce(config)

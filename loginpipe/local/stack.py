@@ -4,24 +4,31 @@ Starts the local broker (unless --bootstrap-servers points elsewhere), creates t
 starts the event generator and the dashboard in the background and the consumer in the
 foreground. Ctrl+C stops them all cleanly; the broker keeps running for the next run
 (`make kafka-stop` stops it).
-Flags not listed here are the consumer's (see `python create_kafka_consumer.py --help`).
+Flags not listed here are the consumer's (see `python create_kafka_consumer.py --help`); the
+topics are created under the names they give.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
+from loginpipe import cli
 from loginpipe.cli import DEFAULT_BOOTSTRAP, EnvArgumentParser, non_negative_float, port_number, run_cli
 from loginpipe.config import PipelineConfig, build_pipeline_parser, pipeline_config
 from loginpipe.kafka.admin import ensure_topics
 from loginpipe.kafka.settings import connection_env
 from loginpipe.local.broker import LocalBroker, port_is_free
+from loginpipe.observe import logs
 from loginpipe.runtime.app import Application, tune_gc
-from loginpipe.topics import DEFAULT_PARTITIONS, TOPICS
+from loginpipe.topics import DEFAULT_PARTITIONS, TOPIC_FLAGS, pipeline_topics
 from loginpipe.waiting import wait_until
 
 DASHBOARD_START_S = 20.0
@@ -77,25 +84,60 @@ def child_env(config: PipelineConfig) -> dict[str, str]:
     return {**os.environ, **connection_env(config.connection)}
 
 
+@contextlib.contextmanager
+def named(prog: str) -> Iterator[None]:
+    """Parsers built inside are named ``prog``: the consumer's flags are parsed here, and a mistake
+    in them must name the command the user ran (the stack's name, or the dispatcher's), not
+    create_kafka_consumer.py."""
+    before = cli._invoked_as
+    cli.invoked_as(before or prog)
+    try:
+        yield
+    finally:
+        cli.invoked_as(before)
+
+
+def create_topics(config: PipelineConfig) -> None:
+    """The pipeline's topics under the names the consumer uses; one too small is a warning (the
+    consumer works with any partition count), on stderr."""
+    specs = pipeline_topics({flag_name: getattr(config, flag_name) for flag_name in TOPIC_FLAGS})
+    for result in ensure_topics(config.connection, specs, DEFAULT_PARTITIONS):
+        if result.ok:
+            print(f"topic {result.describe()}", flush=True)
+        else:
+            print(f"warning: topic {result.describe()}", file=sys.stderr, flush=True)
+
+
+def relay(stream: IO[str]) -> None:
+    """The generator's lines as log records: on a terminal they scroll above the consumer's live
+    status block rather than break it."""
+    log = logs.get("generator")
+    with stream:
+        for line in stream:
+            if line.strip():
+                (log.error if line.startswith("error:") else log.info)(line.rstrip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, consumer_args = parser.parse_known_args(argv)
-    if args.help:
-        parser.print_help()
-        print()
-        build_pipeline_parser().print_help()
-        return 0
-    config = pipeline_config(consumer_args)
+    with named(parser.prog):
+        if args.help:
+            parser.print_help()
+            print()
+            build_pipeline_parser().print_help()
+            return 0
+        config = pipeline_config(consumer_args)
     if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
         print(f"kafka: {LocalBroker().start_or_reuse()}", flush=True)
-    for result in ensure_topics(config.connection, TOPICS, DEFAULT_PARTITIONS):
-        print(f"topic {result.describe()}", flush=True)
+    create_topics(config)
     generator = None
     if args.rate > 0:
         generator = subprocess.Popen([
             sys.executable, "-m", "loginpipe.local.generator",
             "--topic", config.input_topic, "--rate", str(args.rate), "--progress-every", "30",
-        ], env=child_env(config))
+        ], env=child_env(config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=relay, args=(generator.stdout,), daemon=True, name="generator-output").start()
         print(f"generator: started (pid {generator.pid}), {args.rate:g} events/s", flush=True)
     dashboard = start_dashboard(config, args.dashboard_port)
     tune_gc()

@@ -18,12 +18,19 @@ FORMATS = ("text", "json")
 ROOT = "loginpipe"
 
 
+_format = "text"  # the format configure() set last
+
+
+def timestamp(epoch: float) -> str:
+    """``2026-11-24T10:00:00.123Z``: RFC 3339 in UTC, to the millisecond (sortable as text)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int((epoch % 1) * 1000):03d}Z"
+
+
 class TextFormatter(logging.Formatter):
     """``2026-11-24T10:00:00.123Z WARNING message``: UTC, sortable, one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        text = f"{stamp}.{int(record.msecs):03d}Z {record.levelname:<7} {record.getMessage()}"
+        text = f"{timestamp(record.created)} {record.levelname:<7} {record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
@@ -36,8 +43,7 @@ class JsonFormatter(logging.Formatter):
     RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        entry = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname,
+        entry = {"time": timestamp(record.created), "level": record.levelname,
                  "logger": record.name, "message": record.getMessage()}
         for key, value in vars(record).items():
             if key not in self.RESERVED and not key.startswith("_"):
@@ -54,13 +60,25 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
     for handler in list(logger.handlers):
         if getattr(handler, "_loginpipe", False):
             logger.removeHandler(handler)
+    global _format
+    _format = fmt
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._loginpipe = True  # type: ignore[attr-defined]
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(formatter())
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False  # kafka-python's own loggers stay out of our format and level
     return logger
+
+
+def current_format() -> str:
+    """The format configure() set last: "text" or "json"."""
+    return _format
+
+
+def formatter() -> logging.Formatter:
+    """A formatter of the format configured last (text until configure() says otherwise)."""
+    return JsonFormatter() if _format == "json" else TextFormatter()
 
 
 def get(name: str) -> logging.Logger:

@@ -1,29 +1,45 @@
-"""Throughput, latency, CPU, memory and lag, recorded per batch; printed as one line, and
-taken as a dict for the metrics topic (each of those two readers has its own window).
+"""Throughput, latency, CPU, memory and lag, recorded per batch; shown as a live block on a
+terminal or as compact lines elsewhere (observe/terminal.py), and taken as a dict for the metrics
+topic (each of those readers has its own window).
+
+What a person reads ("now", latency avg and p99, e2e p99) is over a sliding window of the last
+``RECENT_S`` seconds of real time: the rate is the records of the batches in the window divided by
+the time the window covers, never stretched, and a percentile always has the window's batches to
+work on, however often it is shown.
 
 Nothing here blocks: psutil's CPU figure is the non-blocking ``cpu_percent(interval=None)``
 (the share since the previous call), and process readings are cached for half a second so a
-line every 100 messages at tens of thousands of messages a second costs next to nothing.
+snapshot every 100 messages at tens of thousands of messages a second costs next to nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import psutil
 
 from loginpipe.core.batch import BatchResult
 from loginpipe.core.events import REASONS as DEAD_LETTER_REASONS
 
-MAX_SAMPLES = 50_000  # latency samples kept per stats interval
-MIN_RATE_SPAN_S = 0.2
+MAX_SAMPLES = 50_000  # latency samples kept per metrics interval
+RECENT_S = 5.0  # "now": the rate and the latencies of the last five seconds
+# The sliding window's bound: at most this many batches, each with at most E2E_KEPT end-to-end
+# samples (about 2,048 x 0.6 KB = 1.3 MB at worst). Past it the oldest batches leave early and
+# the window covers less time, which the rate accounts for.
+MAX_RECENT_BATCHES = 2048
+E2E_KEPT = 16
+# Sorting the window for the percentiles is the one cost that grows with it: done at most this
+# often; the counts and the rate are kept up to date with every batch.
+PERCENTILES_EVERY_S = 0.25
+IDLE_REFRESH_S = 1.0  # a live block is refreshed this often even when no record arrives
 
 
 class ProcessSampler:
@@ -85,7 +101,7 @@ class Totals:
                 f"{self.transactions_aborted:,} aborted")
 
 
-def weighted_percentile(samples: list[tuple[float, int]], q: float) -> float:
+def weighted_percentile(samples: Sequence[tuple[float, int]], q: float) -> float:
     """The ``q`` quantile (0..1) of values given as (value, weight) pairs."""
     if not samples:
         return 0.0
@@ -100,7 +116,7 @@ def weighted_percentile(samples: list[tuple[float, int]], q: float) -> float:
 
 
 class Window:
-    """Batches seen since a reader last took them: stats lines and the metrics topic each have one."""
+    """Batches seen since the metrics topic last took them."""
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -118,8 +134,140 @@ class Window:
             del self.e2e[:-MAX_SAMPLES], self.proc[:-MAX_SAMPLES]
 
     def span(self, now: float) -> float:
-        # Two batches landing milliseconds apart would make a meaningless rate.
-        return max(now - self.start, MIN_RATE_SPAN_S)
+        return max(now - self.start, 1e-9)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    at: float  # when it was polled (the stats clock): its records arrived since the previous poll
+    records: int
+    counted: int  # its records in the rate: all but the first batch's (which has no previous poll)
+    processing_s: float
+    e2e_ms: tuple[float, ...]  # sampled records' end-to-end latencies
+    e2e_weight: int  # records each sample stands for
+
+
+class Recent:
+    """The batches of the last ``span_s`` seconds: the rate over the real time they cover, and
+    the processing and end-to-end latencies of their records.
+
+    A batch holds the records that arrived between the previous poll and its own, so the batches
+    in the window account for the time since the poll before the oldest of them (``_before``).
+    When that is before the window's start, the oldest batch is counted for the share of its
+    interval inside the window; the first batch ever only marks where counting starts."""
+
+    def __init__(self, span_s: float = RECENT_S, max_batches: int = MAX_RECENT_BATCHES) -> None:
+        self.span_s = span_s
+        self.max_batches = max_batches
+        self._batches: deque[Batch] = deque()
+        self._records = 0  # in the window, for the per-record latency average
+        self._counted = 0  # in the window, for the rate
+        self._busy = 0.0  # sum of processing seconds x records: the per-record average's numerator
+        self._before: float | None = None  # the poll before the window's oldest batch
+        self._percentiles: tuple[float | None, float | None] = (None, None)
+        self._percentiles_at = -math.inf
+
+    def add(self, done: float, records: int, processing_s: float, e2e_ms: Sequence[float],
+            e2e_weight: int = 1) -> None:
+        """A batch whose processing ended at ``done`` after ``processing_s``."""
+        at = done - processing_s
+        counted = records
+        if self._before is None:
+            self._before, counted = at, 0
+        if len(e2e_ms) > E2E_KEPT:  # fewer samples of a big batch, each standing for more records
+            step = math.ceil(len(e2e_ms) / E2E_KEPT)
+            e2e_ms, e2e_weight = e2e_ms[::step], e2e_weight * step
+        self._batches.append(Batch(at, records, counted, processing_s, tuple(e2e_ms), e2e_weight))
+        self._records += records
+        self._counted += counted
+        self._busy += processing_s * records
+        if len(self._batches) > self.max_batches:
+            self._drop()
+
+    def _drop(self) -> None:
+        batch = self._batches.popleft()
+        self._records -= batch.records
+        self._counted -= batch.counted
+        self._busy -= batch.processing_s * batch.records
+        self._before = batch.at
+
+    def expire(self, now: float) -> None:
+        horizon = now - self.span_s
+        while self._batches and self._batches[0].at <= horizon:
+            self._drop()
+
+    def rate(self, now: float) -> float | None:
+        """Records per second over the real time the window covers (None before the second batch:
+        the first only marks where counting starts)."""
+        self.expire(now)
+        if self._before is None or (len(self._batches) == 1 and not self._counted):
+            return None
+        horizon = now - self.span_s
+        start, counted = self._before, float(self._counted)
+        if start < horizon:
+            if self._batches:  # the oldest batch's records arrived over (start, its poll]
+                oldest = self._batches[0]
+                counted -= oldest.counted * (horizon - start) / (oldest.at - start)
+            start = horizon
+        covered = now - start
+        return counted / covered if covered > 0 else 0.0
+
+    def latency_avg_ms(self, now: float) -> float | None:
+        """Processing time of a record's batch, averaged per record (None: no record in the window)."""
+        self.expire(now)
+        return 1000 * max(0.0, self._busy) / self._records if self._records else None
+
+    def percentiles(self, now: float) -> tuple[float | None, float | None]:
+        """(processing p99 ms, end-to-end p99 ms) over the window, weighted per record, None
+        without samples (end to end is measured at the device step only); recomputed at most
+        every ``PERCENTILES_EVERY_S``."""
+        self.expire(now)
+        if now - self._percentiles_at >= PERCENTILES_EVERY_S:
+            self._percentiles_at = now
+            batches = list(self._batches)
+            proc = [(b.processing_s, b.records) for b in batches if b.records]
+            e2e = [(ms, b.e2e_weight) for b in batches for ms in b.e2e_ms]
+            self._percentiles = (1000 * weighted_percentile(proc, 0.99) if proc else None,
+                                 weighted_percentile(e2e, 0.99) if e2e else None)
+        return self._percentiles
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the terminal view and the compact lines show, taken at one moment."""
+
+    time: float  # wall clock (epoch seconds), for the lines' timestamps
+    elapsed_s: float  # since the stats began
+    read: int  # records read (acknowledged or not)
+    rate_now: float | None  # records per second over the last RECENT_S seconds (None: no basis yet)
+    rate_avg: float  # since the start
+    # None: nothing to measure in the window (no record; no record at the device step for e2e)
+    latency_avg_ms: float | None  # batch processing time, per record, over the window
+    latency_p99_ms: float | None
+    e2e_p99_ms: float | None  # record timestamp to processed, over the window
+    cpu_percent: float  # this process; 100 = one core
+    rss_bytes: int
+    memory_percent: float  # the machine's memory in use
+    processed: int  # acknowledged
+    filtered: int
+    dead_lettered: int
+    in_flight: int  # read, outputs not all acknowledged
+    published: int
+    lag: int
+    exactly_once: bool = False
+    transactions_committed: int = 0
+    transactions_aborted: int = 0
+    not_writing_s: float = 0.0
+    restored: int = 0  # state restore under way: changelog records applied
+    to_restore: int = 0  # of this many (0: no restore under way)
+
+
+class View(Protocol):
+    """Where snapshots go: a live block on a terminal, or lines (observe/terminal.py)."""
+
+    live: bool  # a block redrawn in place (it wants a refresh while idle) rather than lines
+
+    def show(self, snapshot: Snapshot) -> None: ...
 
 
 class Stats:
@@ -127,13 +275,20 @@ class Stats:
 
     def __init__(self, stats_every: int = 100, interval_s: float = 0.0, out: TextIO | None = None,
                  sampler: ProcessSampler | None = None, clock: Callable[[], float] = time.monotonic,
-                 enabled: bool = True, metrics: bool = False) -> None:
+                 enabled: bool = True, metrics: bool = False, view: View | None = None,
+                 wall: Callable[[], float] = time.time, exactly_once: bool = False) -> None:
         self.stats_every = stats_every
         self.interval_s = interval_s
-        self.out = out or sys.stdout
+        if view is None and enabled:
+            from loginpipe.observe.terminal import LineView  # the terminal module needs this one
+
+            view = LineView(out or sys.stdout)
+        self.view = view
         self.sampler = sampler or ProcessSampler()
         self.clock = clock
+        self.wall = wall
         self.enabled = enabled
+        self.exactly_once = exactly_once
         self.totals = Totals()  # acknowledged: consumed == processed + filtered + dead_lettered
         self.read = 0  # records read, acknowledged or not
         self.not_writing_s = 0.0  # set by the supervisor: no acknowledgement for this long
@@ -145,39 +300,40 @@ class Stats:
         self.last_record_at: float | None = None  # when the last batch was done
         self._lock = threading.Lock()
         self._lag: dict[str, int] = {}
-        self._window = Window(self.started)  # for stats lines
+        self._recent = Recent()  # for the view
         self._metrics = Window(self.started) if metrics else None  # for metrics()
-        self._next_line_at = stats_every
+        self._next_show_at = stats_every
+        self._shown_at = self.started  # the last snapshot shown (time-based mode and idle refresh)
 
     def record(self, result: BatchResult, processing_s: float, e2e_ms: list[float],
                e2e_weight: int = 1) -> None:
-        """Add one batch as read and processed (its counts wait for ``acknowledge``); print a line
-        when ``stats_every`` messages have passed. ``e2e_ms`` are sampled records' latencies, each
-        standing for ``e2e_weight`` records."""
+        """Add one batch as read and processed (its counts wait for ``acknowledge``); show a
+        snapshot when ``stats_every`` messages have passed. ``e2e_ms`` are sampled records'
+        latencies, each standing for ``e2e_weight`` records."""
         now = self.clock()
+        snapshot = None
         with self._lock:
             if self.first_batch_at is None:
                 self.first_batch_at = now - processing_s
-                # "now" rates leave out the group join
-                self._window.start = self.first_batch_at
-                if self._metrics:
+                if self._metrics:  # "now" rates leave out the group join
                     self._metrics.start = self.first_batch_at
+                if self.interval_s > 0:
+                    self._shown_at = self.first_batch_at
             self.read += result.consumed
             self.last_record_at = now
-            if self.enabled:  # --quiet keeps no samples for lines
-                self._window.add(result.consumed, processing_s, e2e_ms, e2e_weight)
+            if self.enabled:  # --quiet keeps no samples for the view
+                self._recent.add(now, result.consumed, processing_s, e2e_ms, e2e_weight)
             if self._metrics:
                 self._metrics.add(result.consumed, processing_s, e2e_ms, e2e_weight)
-            due = self.enabled and self.interval_s <= 0 and self.read >= self._next_line_at
-            if due:
-                line = self._line(now)
-                self._next_line_at = (self.read // self.stats_every + 1) * self.stats_every
-        if due:
-            print(line, file=self.out, flush=True)
+            if self.enabled and self.interval_s <= 0 and self.read >= self._next_show_at:
+                snapshot = self._snapshot(now)
+                self._next_show_at = (self.read // self.stats_every + 1) * self.stats_every
+        if snapshot is not None:
+            self.view.show(snapshot)
 
     def acknowledge(self, result: BatchResult) -> None:
         """Count a batch whose every output the broker has acknowledged: only now is it processed,
-        filtered or dead-lettered in the totals (and in the stats line, summaries and metrics)."""
+        filtered or dead-lettered in the totals (and in the view, summaries and metrics)."""
         with self._lock:
             self.totals.add(result)
 
@@ -187,15 +343,29 @@ class Stats:
         return self.read - self.totals.consumed
 
     def tick(self) -> None:
-        """Print a line if ``interval_s`` has passed (time-based mode); called by the main thread."""
-        if not self.enabled or self.interval_s <= 0:
+        """Show a snapshot if ``interval_s`` has passed (time-based mode), or refresh a live block
+        that nothing refreshed for ``IDLE_REFRESH_S`` (its rate falls to 0 when records stop, and
+        "not writing" counts up); called by the main thread."""
+        if not self.enabled:
             return
         now = self.clock()
         with self._lock:
-            if now - self._window.start < self.interval_s:
+            every = self.interval_s if self.interval_s > 0 else IDLE_REFRESH_S if self.view.live else 0.0
+            if not every or now - self._shown_at < every:
                 return
-            line = self._line(now)
-        print(line, file=self.out, flush=True)
+            snapshot = self._snapshot(now)
+        self.view.show(snapshot)
+
+    def final(self) -> None:
+        """Show the last state (a live block's final frame, before the summary)."""
+        if self.enabled and self.view.live:
+            with self._lock:
+                snapshot = self._snapshot(self.clock())
+            self.view.show(snapshot)
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot(self.clock())
 
     def totals_copy(self) -> Totals:
         with self._lock:
@@ -273,30 +443,22 @@ class Stats:
     def lag(self) -> int:
         return sum(self._lag.values())
 
-    def _line(self, now: float) -> str:
-        """Format the current line and start a new interval; the caller holds the lock."""
-        t, window = self.totals, self._window
-        span = window.span(now)
-        overall = self.read / max(now - self.started, 1e-9)
-        proc_total = sum(w for _, w in window.proc) or 1
-        proc_avg_ms = 1000 * sum(s * w for s, w in window.proc) / proc_total
-        proc_p99_ms = 1000 * weighted_percentile(window.proc, 0.99)
-        e2e_p99 = weighted_percentile(window.e2e, 0.99)
+    def _snapshot(self, now: float) -> Snapshot:
+        """The current state for the view; the caller holds the lock."""
+        t, recent = self.totals, self._recent
+        self._shown_at = now
+        proc_p99, e2e_p99 = recent.percentiles(now)
         cpu, rss, mem = self.sampler.read()
-        line = (f"[stats] {self.read:,} msgs | {window.consumed / span:,.0f} msg/s now, "
-                f"{overall:,.0f} avg | latency avg {proc_avg_ms:.2f} ms p99 {proc_p99_ms:.2f} ms, "
-                f"e2e p99 {e2e_p99:,.0f} ms | cpu {cpu:.0f}% rss {rss / 2**20:,.0f} MiB mem {mem:.0f}% | "
-                f"processed {t.processed:,} filtered {t.filtered:,} dlq {t.dead_lettered:,} "
-                f"in flight {self.read - t.consumed:,} | published {t.published:,} | lag {self.lag():,}")
-        if t.transactions_committed or t.transactions_aborted:
-            line += f" | txn {t.transactions_committed:,} ok {t.transactions_aborted:,} aborted"
-        if self.not_writing_s:
-            line += f" | not writing for {self.not_writing_s:.0f}s"
         restored, to_restore = self.restoring()
-        if to_restore:
-            line += f" | restoring state: {restored:,} of {to_restore:,} records"
-        self._window = Window(now)
-        return line
+        return Snapshot(
+            time=self.wall(), elapsed_s=now - self.started, read=self.read, rate_now=recent.rate(now),
+            rate_avg=self.read / max(now - self.started, 1e-9), latency_avg_ms=recent.latency_avg_ms(now),
+            latency_p99_ms=proc_p99, e2e_p99_ms=e2e_p99, cpu_percent=cpu, rss_bytes=rss,
+            memory_percent=mem, processed=t.processed, filtered=t.filtered, dead_lettered=t.dead_lettered,
+            in_flight=self.read - t.consumed, published=t.published, lag=self.lag(),
+            exactly_once=self.exactly_once, transactions_committed=t.transactions_committed,
+            transactions_aborted=t.transactions_aborted, not_writing_s=self.not_writing_s,
+            restored=restored, to_restore=to_restore)
 
     def elapsed(self) -> float:
         return self.clock() - self.started

@@ -12,6 +12,7 @@ processes with the same group id and Kafka spreads the partitions over them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -19,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -28,15 +30,18 @@ from loginpipe.core.filters import FilterRules
 from loginpipe.core.records import Routes
 from loginpipe.errors import UserError
 from loginpipe.kafka.base import Backend, ClientError
-from loginpipe.observe.prometheus import Exporter
+from loginpipe.observe import logs
+from loginpipe.observe.prometheus import Exporter, instance_id
 from loginpipe.observe.publish import Publisher
 from loginpipe.observe.stats import Stats, Totals, format_summary
+from loginpipe.observe.terminal import LINE_WIDTH, LiveView, is_terminal, make_view
 from loginpipe.runtime.context import Context, Shutdown, Warner
 from loginpipe.runtime.delivery import Sender
+from loginpipe.runtime.processes import INDEX_ENV, own_line_prefix
 from loginpipe.runtime.shared import SharedState
 from loginpipe.runtime.transactions import transactional_prefix
 from loginpipe.runtime.worker import CLOSE_GRACE_S, Worker
-from loginpipe.topics import InternalTopics
+from loginpipe.topics import InternalTopics, missing_topics_message, plural
 
 HEALTH_EVERY_S = 5.0
 NOT_WRITING_AFTER_S = 10.0  # no acknowledgement for this long while outputs wait: say so
@@ -67,8 +72,12 @@ class Application:
         self.health_every_s = health_every_s
         self.stuck_after_s = stuck_after_s
         self.out = out or sys.stdout
-        self.err = err or sys.stderr
-        self.warn = Warner(self.err)
+        # Warnings and errors are log records (logger loginpipe.runtime), wherever logging sends
+        # them; ``err`` (tests) receives this application's records as well.
+        self.err = err
+        self._tag = f"app-{id(self)}"  # on this application's records, so that ``err`` gets them
+        self.log = logging.LoggerAdapter(logs.get("runtime"), {"_app": self._tag})
+        self.warn = Warner(self.log)
         self.shutdown = Shutdown(config.shutdown_timeout_s, on_begin=self._stop_sending_at)
         self.state = SharedState()
         routes = Routes(config.output_topic, config.dlq_topic, config.filtered_topic,
@@ -76,8 +85,13 @@ class Application:
         # keep_partition and partitions: _check_topics
         filters = FilterRules(app_versions=config.app_versions, max_age_s=config.max_age_s)
         self.topology = Topology(routes, filters, config.max_future_skew_s)
-        self.stats = Stats(config.stats_every, config.stats_interval_s, out=self.out,
-                           enabled=not config.quiet, metrics=config.metrics_topic is not None)
+        self.view = None if config.quiet else make_view(
+            config.view, self.out, f"loginpipe · {config.input_topic} → {config.output_topic} · "
+            f"group {config.group_id}", config.show_messages, LINE_WIDTH - len(own_line_prefix()),
+            json=logs.current_format() == "json")
+        self.stats = Stats(config.stats_every, config.stats_interval_s, enabled=not config.quiet,
+                           metrics=config.metrics_topic is not None, view=self.view,
+                           exactly_once=config.exactly_once)
         self.stats.restoring = self.state.restore_progress
         self.failure: str | None = None
         self.sender: Sender | None = None
@@ -87,6 +101,10 @@ class Application:
 
     def run(self, install_signals: bool = True) -> RunResult:
         """Run until stopped (signal, idle timeout or a worker failure); return the totals."""
+        with self._logging_to_err():
+            return self._run(install_signals)
+
+    def _run(self, install_signals: bool) -> RunResult:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # broker trouble is reported by us
         self._check_topics()
         if self.config.metrics_port:
@@ -100,31 +118,65 @@ class Application:
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
         share = max(1, self.config.max_tracked_keys // self.topology.routes.partitions)
+        # --show-messages prints through the view: above the live block, if it is one
+        out = self.view.out if self.view else self.out
         ctx = Context(self.config, self.backend, self.sender, self.state, self.topology, self.stats,
-                      self.shutdown, self.warn, self.acknowledge, self.fail, share, self.out, self.exporter,
+                      self.shutdown, self.warn, self.acknowledge, self.fail, share, out, self.exporter,
                       transactional_prefix(self.config.group_id, self.config.group_instance_id),
                       self.transaction)
         workers = [Worker(i, ctx) for i in range(self.config.threads)]
         for worker in workers:
             worker.start()
         if not self.config.quiet:
-            print(f"consuming {self.config.input_topic} at {self.config.bootstrap_servers} with "
-                  f"{len(workers)} thread(s) in group {self.config.group_id}; Ctrl+C stops",
-                  file=self.out, flush=True)
-        try:
-            self._supervise(workers)
-        finally:
-            unacknowledged = self._shut_down(workers)
+            self.log.info(f"consuming {self.config.input_topic} at {self.config.bootstrap_servers} with "
+                          f"{len(workers)} thread(s) in group {self.config.group_id}; Ctrl+C stops")
+        with self._showing():
+            try:
+                self._supervise(workers)
+            finally:
+                unacknowledged = self._shut_down(workers)
         result = RunResult(self.stats.totals, self.state.summary(), self.stats.elapsed(),
                            self.stats.busy(), self.failure is not None, unacknowledged)
         print(format_summary(result.totals, result.elapsed_s, result.aggregates, result.busy_s,
                              self.stats.in_flight), file=self.out, flush=True)
         if unacknowledged:
-            print(f"error: stopped after {self.config.shutdown_timeout_s:g}s with the outputs of "
-                  f"{unacknowledged:,} records unacknowledged (is the broker reachable?); their input "
-                  "offsets stay uncommitted and are read again on the next start",
-                  file=self.err, flush=True)
+            self.log.error(f"stopped after {self.config.shutdown_timeout_s:g}s with the outputs of "
+                           f"{unacknowledged:,} records unacknowledged (is the broker reachable?); their "
+                           "input offsets stay uncommitted and are read again on the next start")
         return result
+
+    @contextlib.contextmanager
+    def _logging_to_err(self) -> Iterator[None]:
+        """``err``, when given, receives this application's log records too (tests read them)."""
+        if self.err is None:
+            yield
+            return
+        handler = logging.StreamHandler(self.err)
+        handler.setFormatter(logs.formatter())
+        tag = self._tag
+        handler.addFilter(lambda record: getattr(record, "_app", None) == tag)
+        root = logging.getLogger(logs.ROOT)
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+
+    @contextlib.contextmanager
+    def _showing(self) -> Iterator[None]:
+        """The live block (or nothing, for lines) while the pipeline runs; its last frame is drawn
+        and the terminal given back before the summary, however the run ends."""
+        if self.view is None:
+            yield
+            return
+        self.view.start()
+        try:
+            yield
+        finally:
+            try:
+                self.stats.final()
+            finally:
+                self.view.stop()
 
     def begin_stop(self) -> None:
         """Stop polling; everything still to do must be done by the shutdown's deadline."""
@@ -169,18 +221,22 @@ class Application:
         line): report it and stop everything (outputs so far are still committed)."""
         if self.failure is None:
             text = f"a worker thread failed:\n{description}" if bug else description
-            print(f"error: {text}", file=self.err, flush=True)
+            self.log.error(text)
         self.failure = description
         self.begin_stop()
 
     def _on_signal(self, signum, frame) -> None:
+        live = isinstance(self.view, LiveView)
+        if not live and is_terminal(sys.stderr):
+            print(file=sys.stderr, flush=True)  # off the line where the terminal echoed ^C
         self._interrupts += 1
         if self._interrupts > 1:
-            print("\nsecond interrupt: exiting now", file=sys.stderr, flush=True)
+            if live:
+                self.view.stop()  # the cursor back, and the block's last frame left in place
+            self.log.warning("second interrupt: exiting now")
             os._exit(130)
-        print(f"\n{signal.Signals(signum).name}: finishing the batch in flight, flushing, committing "
-              f"(at most {self.config.shutdown_timeout_s:g}s; Ctrl+C again to exit at once)",
-              file=sys.stderr, flush=True)
+        self.log.info(f"{signal.Signals(signum).name}: finishing the batch in flight, flushing, committing "
+                      f"(at most {self.config.shutdown_timeout_s:g}s; Ctrl+C again to exit at once)")
         self.begin_stop()
 
     def _supervise(self, workers: list[Worker]) -> None:
@@ -200,7 +256,7 @@ class Application:
                 last = max(self.stats.last_record_at or 0.0, *(w.assigned_at for w in workers))
                 if now - last >= idle_s:
                     if not self.config.quiet:
-                        print(f"no records for {idle_s:g}s: stopping", file=self.out, flush=True)
+                        self.log.info(f"no records for {idle_s:g}s: stopping")
                     return
             stalled = self._not_writing(workers)
             if now >= next_health:
@@ -261,8 +317,7 @@ class Application:
         found = self.backend.topic_partitions(config.connection, names)
         missing = [name for name in names if name not in found]
         if missing:
-            raise UserError(f"topic(s) {', '.join(missing)} do not exist at {self.config.bootstrap_servers}; "
-                            "create them with: python create_kafka_topic.py")
+            raise UserError(missing_topics_message(missing, config))
         partitions = found[config.input_topic]
         self._ensure_internal_topics(partitions)
         internal = self.topology.routes.internal.specs()
@@ -270,8 +325,8 @@ class Application:
         if config.connection.offset_reset == "latest":
             started = self.backend.start_group_at_end(config.connection, config.group_id, config.input_topic)
             if started and not config.quiet:
-                print(f"group {config.group_id} is new: it starts at the end of {config.input_topic} "
-                      f"({started} partitions; --offset-reset latest)", file=self.out, flush=True)
+                self.log.info(f"group {config.group_id} is new: it starts at the end of {config.input_topic} "
+                              f"({plural(started, 'partition')}; --offset-reset latest)")
         same = partitions == found[config.output_topic]
         routes = dataclasses.replace(self.topology.routes, keep_partition=same, partitions=partitions)
         self.topology = dataclasses.replace(self.topology, routes=routes)
@@ -295,9 +350,9 @@ class Application:
         wrong = {name: n for name, n in found.items() if n != partitions}
         if len(found) < len(specs) or wrong:
             detail = ", ".join(f"{name} has {n}" for name, n in wrong.items()) or "some are missing"
-            raise UserError(f"the internal topics of group {config.group_id} must have {partitions} "
-                            f"partitions like {config.input_topic}: {detail} (delete them, or use "
-                            "another --group-id)")
+            raise UserError(f"the internal topics of group {config.group_id} must have "
+                            f"{plural(partitions, 'partition')} like {config.input_topic}: {detail} "
+                            "(delete them, or use another --group-id)")
 
     def _make_exporter(self) -> Exporter:
         state, stats = self.state, self.stats
@@ -305,11 +360,12 @@ class Application:
                             tracked_devices=state.tracked_devices,
                             in_flight=lambda: stats.in_flight, not_writing=lambda: stats.not_writing_s,
                             replacements=lambda: stats.producer_replacements,
-                            restoring=state.restore_progress)
+                            restoring=state.restore_progress, group=self.config.group_id,
+                            instance=instance_id(self.config.group_instance_id, os.environ.get(INDEX_ENV)))
         exporter.serve(self.config.metrics_port, self.config.metrics_bind)
         if not self.config.quiet:
-            print(f"Prometheus metrics at http://{self.config.metrics_bind}:{self.config.metrics_port}/metrics",
-                  file=self.out, flush=True)
+            self.log.info(f"Prometheus metrics at "
+                          f"http://{self.config.metrics_bind}:{self.config.metrics_port}/metrics")
         return exporter
 
 

@@ -7,6 +7,7 @@ pending outputs) to supervise them; nothing points back the other way.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import TextIO
 from loginpipe.config import PipelineConfig
 from loginpipe.core.batch import Topology
 from loginpipe.kafka.base import Backend
+from loginpipe.observe import logs
 from loginpipe.observe.prometheus import Exporter
 from loginpipe.observe.stats import Stats
 from loginpipe.runtime.delivery import Sender
@@ -24,19 +26,22 @@ from loginpipe.runtime.shared import SharedState
 
 
 class Warner:
-    """Prints warnings to stderr, each distinct message at most once every ``every_s`` seconds."""
+    """Logs warnings (level WARNING, logger ``loginpipe.runtime`` unless given another), each
+    distinct message at most once every ``every_s`` seconds: a broker away for a minute is a line
+    every few seconds, not one per poll."""
 
-    def __init__(self, out: TextIO | None = None, every_s: float = 5.0) -> None:
-        self.out = out or sys.stderr
+    def __init__(self, log: logging.Logger | logging.LoggerAdapter | None = None,
+                 every_s: float = 5.0) -> None:
+        self.log = log or logs.get("runtime")
         self.every_s = every_s
         self._last: dict[str, float] = {}
 
     def __call__(self, message: str) -> None:
-        key = message[:40]
+        key = message[:40]  # the start names the warning: figures further on do not make another
         now = time.monotonic()
         if now - self._last.get(key, -1e9) >= self.every_s:
             self._last[key] = now
-            print(f"warning: {message}", file=self.out, flush=True)
+            self.log.warning(message)
 
 
 class Shutdown:

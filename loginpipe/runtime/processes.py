@@ -1,13 +1,15 @@
 """``--processes N``: one command runs N pipeline processes in the same consumer group (Kafka spreads
-the partitions over them), passes their output through prefixed ``[p0] ``, ``[p1] ``..., stops them
-together and prints the group's summary, read from the changelogs, once they have all exited (even
-with --quiet; not after a second signal, which asks to exit at once; failing to read it is one
-warning line, and leaves the exit code alone).
+the partitions over them), passes their output through prefixed ``[p0] ``, ``[p1] ``... (a JSON log
+record gets a ``"process"`` field instead, so it stays JSON), stops them together and prints the
+group's summary, read from the changelogs, once they have all exited (even with --quiet; not after
+a second signal, which asks to exit at once; failing to read it is one warning line, and leaves the
+exit code alone).
 
 Each child is this same pipeline with the same flags and environment, except what must differ per
 process: ``--processes`` is removed and ``PROCESSES=1`` forced; ``--group-instance-id X`` becomes
 ``X-p{i}`` (two members with one static id fence each other out); ``--metrics-port P`` becomes
-``P+i`` (one port binds once). ``LOGINPIPE_PROCESS_INDEX=i`` tells a child which one it is.
+``P+i`` (one port binds once); ``--view`` becomes ``lines`` (their output is a pipe: compact lines,
+each kept short enough for its prefix). ``LOGINPIPE_PROCESS_INDEX=i`` tells a child which one it is.
 
 Signals. The pipeline counts signals: the first SIGINT/SIGTERM is a graceful stop (finish the
 batch, flush, commit, within ``--shutdown-timeout``), a second exits at once, skipping the commit.
@@ -54,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+import orjson
+
 from loginpipe.config import PipelineConfig
 from loginpipe.errors import UserError
 
@@ -75,9 +79,34 @@ CHILD_CODE = ("import sys; from loginpipe.runtime.processes import die_with_pare
 # each with its shortest abbreviation argparse accepts: one letter less is also a prefix of another
 # flag (--processing-guarantee, --group-id, --metrics-topic), which argparse rejects as ambiguous.
 PER_CHILD_OPTIONS = {"--processes": "--processe", "--group-instance-id": "--group-in",
-                     "--metrics-port": "--metrics-p"}
+                     "--metrics-port": "--metrics-p", "--view": "--v"}
 
 Summary = Callable[[str, str], Mapping[str, Any]]
+
+
+def line_prefix(index: int) -> str:
+    """What the parent puts before each text line of child ``index``."""
+    return f"[p{index}] "
+
+
+def own_line_prefix(environ: Mapping[str, str] | None = None) -> str:
+    """The prefix the parent puts before this process's lines ('' when it is no child): a child
+    keeps its compact lines that much shorter, so they stay within their width once prefixed."""
+    index = (os.environ if environ is None else environ).get(INDEX_ENV, "")
+    return line_prefix(int(index)) if index.isdigit() else ""
+
+
+def passed_on(index: int, line: str) -> str:
+    """Child ``index``'s line as the parent prints it: a JSON log record (--log-format json) gains
+    ``"process": index`` and stays one JSON object; any other line gets the prefix."""
+    if line.startswith("{"):
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            entry = None
+        if isinstance(entry, dict):
+            return orjson.dumps({**entry, "process": index}).decode()
+    return line_prefix(index) + line
 
 
 def default_child_command() -> list[str]:
@@ -113,6 +142,7 @@ def child_env(config: PipelineConfig, index: int, environ: Mapping[str, str]) ->
     env[INDEX_ENV] = str(index)
     env[PARENT_ENV] = str(os.getpid())
     env["PYTHONUNBUFFERED"] = "1"  # a pipe is block-buffered: lines would reach us in bursts
+    env["STATS_VIEW"] = "lines"  # their output goes through our pipes, prefixed: no live block
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), environ.get("PYTHONPATH")]))
     if config.group_instance_id:
         env["GROUP_INSTANCE_ID"] = f"{config.group_instance_id}-p{index}"  # worker j adds "-j"
@@ -173,7 +203,7 @@ class Child:
 
     @property
     def prefix(self) -> str:
-        return f"[p{self.index}] "
+        return line_prefix(self.index)
 
 
 class ProcessGroup:
@@ -234,7 +264,7 @@ class ProcessGroup:
             for raw in stream:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 if line.strip():  # a child's blank lines (before "SIGTERM: ...") are noise here
-                    self.say(sink, child.prefix + line)
+                    self.say(sink, passed_on(child.index, line))
 
     def say(self, sink: TextIO, line: str) -> None:
         """One whole line, never interleaved with another child's."""

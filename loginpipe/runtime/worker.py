@@ -299,9 +299,10 @@ class Worker(threading.Thread):
         # input record's timestamp.
         step_n = max(1, len(repartitioned) // E2E_SAMPLES_PER_BATCH)
         elapsed = time.perf_counter() - started
-        ctx.stats.record(result, elapsed, [done_ms - r.timestamp for r in repartitioned[::step_n]], step_n)
+        e2e_ms = [done_ms - r.timestamp for r in repartitioned[::step_n]]
+        ctx.stats.record(result, elapsed, e2e_ms, step_n)
         if ctx.exporter:
-            ctx.exporter.record(result, elapsed)
+            ctx.exporter.record(result, elapsed, e2e_ms, step_n)
 
     def _not_ready(self, tp, offset: int, unknown: bool) -> None:
         """Records of a partition whose state is not ready: read them again once it is. The pause

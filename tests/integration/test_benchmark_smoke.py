@@ -128,4 +128,5 @@ def test_user_mistakes_are_one_line_errors(tmp_path) -> None:
                         "--out-dir", str(tmp_path))
     assert no_broker.returncode == 1
     assert no_broker.stderr.strip().splitlines() == [
-        "error: cannot reach a Kafka broker at 127.0.0.1:1; is it running? (make kafka-start)"]
+        "error: cannot reach a Kafka broker at 127.0.0.1:1; is it running, and on that port? (the local "
+        "broker, make kafka-start, listens on 29092)"]

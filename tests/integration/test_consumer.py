@@ -234,7 +234,7 @@ def test_ctrl_c_stops_cleanly_with_offsets_committed(bootstrap: str, topics, tmp
     name = group()
     proc, out, err = start_consumer(reaper, bootstrap, topics, name, tmp_path, "interrupted",
                                     "--max-poll-records", "100", "--stats-every", "1000")
-    assert wait_until(lambda: "[stats]" in out.read_text(), 60), err.read_text()
+    assert wait_until(lambda: " msgs | " in out.read_text(), 60), err.read_text()  # a stats line
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0, err.read_text()
     consumed, processed, filtered, dead = summary_counts(out.read_text())
@@ -256,7 +256,7 @@ def test_missing_topic_is_one_line(bootstrap: str, topic_name) -> None:
     result = run_cli("create_kafka_consumer.py", "--bootstrap-servers", bootstrap,
                      "--input-topic", topic_name("nope"))
     assert result.returncode == 1
-    assert "do not exist" in result.stderr and "Traceback" not in result.stderr
+    assert "not exist" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_broker_lost_mid_run_then_back_loses_nothing(tmp_path: Path, kafka_libs: Path, topic_name,
@@ -333,9 +333,9 @@ def test_second_ctrl_c_exits_at_once_when_the_first_cannot_finish(tmp_path: Path
     try:
         topics = create_pipeline_topics(broker.bootstrap_servers, topic_name, partitions=1)
         proc, out, err = start_consumer(reaper, broker.bootstrap_servers, topics, group(), tmp_path, "twice")
-        assert wait_until(lambda: "Ctrl+C stops" in out.read_text(), 60), err.read_text()
+        assert wait_until(lambda: "Ctrl+C stops" in err.read_text(), 60), err.read_text()
         preload(broker.bootstrap_servers, topics.input, generated(200, seed=15))
-        assert wait_until(lambda: "[stats]" in out.read_text(), 60), err.read_text()
+        assert wait_until(lambda: " msgs | " in out.read_text(), 60), err.read_text()  # a stats line
         broker.stop()  # now a clean stop waits on a broker that is not there
         assert proc.poll() is None, err.read_text()
         proc.send_signal(signal.SIGINT)

@@ -146,7 +146,7 @@ def test_dashboard_shows_the_pipelines_own_totals(bootstrap: str, topic_name, tm
     state = state_figures(out.read_text())
     assert {label: figures[label] for label in state} == state
     text = page_text(page)
-    assert "state of 8 partition(s)" in text  # 4 input partitions, 4 repartition partitions
+    assert "state of 8 partitions" in text  # 4 input partitions, 4 repartition partitions
     for heading in ("dead letters by reason", "device type", "app version", "region", "logins by US state",
                     "hour of day (UTC)", "daily", "multi-IP users", "shared devices", "risk levels",
                     "most recent processed records"):
@@ -179,7 +179,7 @@ def test_dashboard_counts_each_partition_once_across_processes(bootstrap: str, t
         return figures if ok else None
 
     assert wait_until(final_figures, 60), f"{state}, {consumed}: {shown(page)}\n{page_text(page)[:2000]}"
-    assert "2 pipeline instance(s), state of 8 partition(s)" in page_text(page)
+    assert "2 pipeline instances, state of 8 partitions" in page_text(page)
     page.close()
 
 
@@ -223,7 +223,9 @@ def test_dashboard_shows_disconnected_and_recovers(tmp_path: Path, kafka_libs: P
         broker.stop()
 
 
-METRIC_LINE = re.compile(r'^(loginpipe_[a-z_]+)(?:\{reason="([a-z0-9_]+)"\})? ([0-9.e+]+)$', re.MULTILINE)
+# Every series also carries group and instance_id (and le for buckets): only reason is kept.
+METRIC_LINE = re.compile(r'^(loginpipe_[a-z_]+)(?:\{[^}]*?(?:reason="([a-z0-9_]+)")?\})? ([0-9.e+]+)$',
+                         re.MULTILINE)
 
 
 def scrape(port: int) -> dict[tuple[str, str], float]:

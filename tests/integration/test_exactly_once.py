@@ -86,8 +86,9 @@ EXACTLY_ONCE_FLAGS = ("--processing-guarantee", EXACTLY_ONCE, "--commit-interval
 EVENT_TIME = 1_700_000_000.0  # the generator's clock for its bad records: the same bytes every run
 ABORTED = re.compile(r"transaction of [\d,]+ outputs aborted: (.*?); reading again")
 TRANSACTIONS = re.compile(r"^transactions: [\d,]+ committed .*, ([\d,]+) aborted$", re.MULTILINE)
-COMMITTED_TXNS = re.compile(r"\| txn ([\d,]+) ok")
-IN_FLIGHT = re.compile(r"in flight ([-\d,]+)")
+# Read from the JSON stats records of --log-format json (every figure; a text line has room for few)
+COMMITTED_TXNS = re.compile(r'"transactions_committed":(\d+)')
+IN_FLIGHT = re.compile(r'"in_flight":(-?\d+)')
 FENCED = re.compile(r"UnknownMemberId|IllegalGeneration|FencedInstanceId|ProducerFenced|InvalidProducerEpoch")
 
 
@@ -476,7 +477,8 @@ def test_a_frozen_member_woken_after_its_partitions_moved_is_fenced(
     work, expected = workload(seed=51, events=31_000, bad=1000)
     preload = 4000
     produce(bootstrap, topics.input, work.records[:preload])
-    flags = ("--filtered-topic", topics.filtered, "--max-poll-records", "200", "--stats-interval", "1")
+    flags = ("--filtered-topic", topics.filtered, "--max-poll-records", "200", "--stats-interval", "1",
+             "--log-format", "json")
     zombie, survivor = (Member(reaper, bootstrap, topics, group, tmp_path, name, "--group-instance-id", name,
                                *flags) for name in ("zombie", "survivor"))
     join_one_by_one(bootstrap, group, [zombie, survivor])
@@ -579,7 +581,7 @@ def test_a_dynamic_member_expelled_mid_transaction_does_not_commit_it(
     work, expected = workload(seed=71, events=12_000, bad=300)
     common = ("--filtered-topic", topics.filtered, "--max-poll-records", "200")
     zombie = Member(reaper, bootstrap, topics, group, tmp_path, "zombie", *common, "--commit-interval-ms",
-                    "60000", "--commit-every", "1000000", "--stats-every", "50")
+                    "60000", "--commit-every", "1000000", "--stats-every", "50", "--log-format", "json")
     survivor = Member(reaper, bootstrap, topics, group, tmp_path, "survivor", *common,
                       "--stats-interval", "1")
     join_one_by_one(bootstrap, group, [zombie, survivor])

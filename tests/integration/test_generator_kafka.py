@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from loginpipe.kafka.admin import delete_topics, ensure_topics
+from loginpipe.kafka.settings import DEFAULT_BOOTSTRAP
 from loginpipe.local.generator import GOOD, EventGenerator
 from loginpipe.topics import TopicSpec
 from tests.helpers import read_topic, run_cli
@@ -34,8 +35,18 @@ def test_cli_sends_count_events_keyed_by_user(bootstrap: str, topic_name) -> Non
         delete_topics(bootstrap, [topic])
 
 
-def test_cli_to_missing_topic_fails_clearly(bootstrap: str, topic_name) -> None:
+def test_cli_to_missing_topic_is_one_line_naming_it_and_the_command_that_creates_it(
+        bootstrap: str, topic_name) -> None:
+    """Found from the topic's metadata before the first send, not after the producer's 10 s wait."""
+    topic = topic_name("absent")
     result = run_cli("-m", "loginpipe.local.generator", "--bootstrap-servers", bootstrap,
-                     "--topic", topic_name("absent"), "--count", "10", "--rate", "0")
-    assert result.returncode == 1
-    assert "does the topic exist?" in result.stderr and "Traceback" not in result.stderr
+                     "--topic", topic, "--count", "10", "--rate", "0")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: topic {topic} does not exist at {bootstrap}; create it with: python create_kafka_topic.py"
+        + ("" if bootstrap == DEFAULT_BOOTSTRAP else f" --bootstrap-servers {bootstrap}")
+        + f" --input-topic {topic}"]
+    assert "timed out" not in result.stderr and "generator:" not in result.stderr
+    via_dispatcher = run_cli("-m", "loginpipe", "generate", "--bootstrap-servers", bootstrap,
+                             "--topic", topic)
+    assert "create it with: loginpipe topics" in via_dispatcher.stderr

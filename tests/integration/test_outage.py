@@ -43,8 +43,9 @@ SOAK_OUTAGE_S = float(os.environ.get("SOAK_OUTAGE_S", "60"))
 SOAK_EVENTS_PER_ROUND = 40_000  # five rounds: a 200k-event drain
 # The consumer's stated bound (README, "Broker trouble"): 1 worker, default in-flight limits.
 RSS_BOUND_MIB = 256
-STATS = re.compile(r"processed ([\d,]+) filtered ([\d,]+) dlq ([\d,]+) in flight [\d,]+ "
-                   r"\| published ([\d,]+)")
+# The soak's consumer logs JSON: its stats records hold every figure (a text line has room for few).
+STATS = re.compile(r'"processed":(\d+),"filtered":(\d+),"dead_lettered":(\d+),"in_flight":-?\d+,'
+                   r'"published":(\d+)')
 
 
 def group() -> str:
@@ -194,7 +195,7 @@ def test_sigterm_during_an_outage_is_bounded_and_says_what_stays_unacknowledged(
                                     "--linger-ms", "15000", "--delivery-timeout-ms", "60000")
     feeder = Feeder(bootstrap, topics.input, seed=42, rate=3000)
     try:
-        assert wait_until(lambda: "[stats]" in out.read_text(), 60), err.read_text()
+        assert wait_until(lambda: " msgs | " in out.read_text(), 60), err.read_text()  # a stats line
         broker.kill()
     finally:
         feeder.stop()
@@ -203,7 +204,7 @@ def test_sigterm_during_an_outage_is_bounded_and_says_what_stays_unacknowledged(
     code = proc.wait(timeout=4 + 10 + 5)
     text = err.read_text()
     assert code == 1, text
-    lines = [line for line in text.splitlines() if line.startswith("error: stopped after 4s with")]
+    lines = [line for line in text.splitlines() if " ERROR   stopped after 4s with" in line]
     assert len(lines) == 1 and "stay uncommitted" in lines[0], text
     assert "Traceback" not in text
     assert "more read but not acknowledged" in out.read_text()
@@ -217,7 +218,7 @@ def test_repeated_broker_kills_during_a_drain_lose_nothing_and_memory_stays_boun
     topics = create_pipeline_topics(bootstrap, topic_name, partitions=4)
     name = group()
     proc, out, err = start_consumer(reaper, bootstrap, topics, name, tmp_path, "soak", "--stats-interval",
-                                    "1", "--filtered-topic", topics.filtered)
+                                    "1", "--filtered-topic", topics.filtered, "--log-format", "json")
     watcher = Watcher(proc, out)
 
     def caught_up() -> bool:

@@ -10,7 +10,17 @@ import orjson
 from loginpipe.core.regions import US_STATES
 from loginpipe.dashboard import view as view_module
 from loginpipe.dashboard.tiles import STATE_TILES
-from loginpipe.dashboard.view import DISCONNECTED, LIVE, WAITING, Board, chosen_instances, make_view
+from loginpipe.dashboard.view import (
+    DISCONNECTED,
+    LIVE,
+    UNKNOWN,
+    WAITING,
+    Board,
+    chosen_instances,
+    figure,
+    headline,
+    make_view,
+)
 from loginpipe.observe.stats import Totals
 from loginpipe.observe.summary import (
     DEVICES,
@@ -232,3 +242,36 @@ def test_foreign_or_corrupt_partition_records_are_ignored_and_records_are_bounde
     for number in range(5):
         board.add_partition(partition("in", number, NOW + number))
     assert sorted(p for _, _, p in board.partitions) == [2, 3, 4]
+
+
+# The top row: "–" for what the page does not know, never a 0 it did not read.
+
+def test_nothing_known_while_disconnected_is_a_dash_not_zero() -> None:
+    row = dict(headline(make_view(Board(connected=False), None, NOW)))
+    assert list(row) == ["consumed", "processed", "filtered", "dead-lettered", "messages/s", "e2e p99 ms",
+                         "consumer lag"]
+    assert set(row.values()) == {UNKNOWN}
+
+
+def test_while_disconnected_the_last_counts_stay_and_the_rates_are_unknown() -> None:
+    board = Board(connected=True)
+    board.add_summary(snapshot("a", NOW, processed=1500))
+    board.add_metrics({"instance": "a", "epoch_s": NOW, "messages_per_second": 998.6,
+                       "end_to_end_ms_p99": 41.2, "consumer_lag": 0})
+    live = dict(headline(make_view(board, None, NOW)))
+    assert live == {"consumed": "1,502", "processed": "1,500", "filtered": "1", "dead-lettered": "1",
+                    "messages/s": "999", "e2e p99 ms": "41", "consumer lag": "0"}  # a real 0 stays 0
+    board.connected = False
+    gone = dict(headline(make_view(board, None, NOW)))
+    assert gone["processed"] == "1,500"
+    assert (gone["messages/s"], gone["e2e p99 ms"], gone["consumer lag"]) == (UNKNOWN, UNKNOWN, UNKNOWN)
+
+
+def test_a_figure_missing_from_a_record_is_unknown() -> None:
+    board = Board(connected=True)
+    board.add_summary({**snapshot("a", NOW), "totals": {"processed": 3, "filtered": "n/a"}})
+    board.add_metrics({"instance": "a", "epoch_s": NOW, "messages_per_second": 5})
+    row = dict(headline(make_view(board, None, NOW)))
+    assert (row["processed"], row["consumed"], row["filtered"]) == ("3", UNKNOWN, UNKNOWN)
+    assert (row["messages/s"], row["consumer lag"]) == ("5", UNKNOWN)
+    assert figure(None) == UNKNOWN and figure(True) == UNKNOWN and figure(2.5, ".1f") == "2.5"

@@ -183,7 +183,7 @@ def test_a_stop_that_cannot_finish_is_bounded_and_commits_nothing_unacknowledged
     result = run.stop()
     assert result.unacknowledged == 200
     assert set(cluster.committed_offsets("user-login-group", INPUT).values()) == {0}
-    assert "error: stopped after 0.5s with the outputs of 200 records unacknowledged" in run.err.getvalue()
+    assert " ERROR   stopped after 0.5s with the outputs of 200 records unacknowledged" in run.err.getvalue()
 
 
 def test_a_worker_that_never_gets_partitions_says_so(cluster) -> None:
