@@ -14,9 +14,9 @@ DEV_STAMP := $(VENV)/.installed-dev
 # files (the exact command is also at the top of the lock). It keeps the pins it can; to move
 # every transitive pin to its latest version: make lock LOCK_FLAGS=--upgrade
 LOCK_FLAGS ?=
-LOCK_INPUTS := requirements.txt requirements-dashboard.txt requirements-dev.txt
+LOCK_INPUTS := requirements.txt requirements-dashboard.txt requirements-dev.txt requirements-avro.txt requirements-confluent.txt
 
-.PHONY: run test soak bench image lint lock dashboard chromium kafka-fetch kafka-start kafka-start-secure kafka-stop kafka-status kafka-logs topics generate clean
+.PHONY: run test soak bench bench-peers image lint lock dashboard chromium kafka-fetch kafka-start kafka-start-secure kafka-stop kafka-status kafka-logs registry-fetch registry-start registry-stop topics generate clean
 
 run: $(RUN_STAMP) kafka-fetch      ## broker + topics + generator + consumer; Ctrl+C stops it
 	$(VENV)/bin/loginpipe run
@@ -33,8 +33,11 @@ dashboard: $(RUN_STAMP)            ## the live dashboard on http://localhost:850
 chromium:                          ## Debian's chromium, for the dashboard's browser test
 	@scripts/ensure_chromium.sh
 
-bench: $(DEV_STAMP) kafka-fetch    ## throughput, latency, guarantees and memory benchmark; results in bench-results/
+bench: $(DEV_STAMP) kafka-fetch    ## throughput, peers, latency, guarantees and memory benchmark; results in bench-results/
 	$(PY) -m loginpipe.benchmark
+
+bench-peers: $(DEV_STAMP) kafka-fetch  ## only the peers (confluent-kafka, Quix Streams) and the runs they are compared with
+	$(PY) -m loginpipe.benchmark --only peers
 
 image: $(DEV_STAMP) kafka-fetch    ## remakes image.png from a real run of the consumer in tmux
 	$(PY) scripts/capture_terminal.py
@@ -54,9 +57,11 @@ $(RUN_STAMP): pyproject.toml loginpipe/__init__.py requirements.txt requirements
 	$(INSTALL) --editable '.[dashboard]'
 	touch $@
 
-# the `dev` extra's file, installed directly: the editable package is already there
-$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
+# the `dev`, `avro` and `confluent` extras' files, installed directly: the editable package is already there
+$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt requirements-avro.txt requirements-confluent.txt
 	$(INSTALL) --requirement requirements-dev.txt
+	$(INSTALL) --requirement requirements-avro.txt
+	$(INSTALL) --requirement requirements-confluent.txt
 	touch $@
 
 kafka-fetch: $(RUN_STAMP)
@@ -78,6 +83,16 @@ kafka-status: $(RUN_STAMP)
 kafka-logs: $(RUN_STAMP)
 	$(VENV)/bin/loginpipe broker logs
 
+# A Confluent-compatible schema registry (Apicurio, in memory) on 127.0.0.1:18081, built once into .registry/
+registry-fetch: $(RUN_STAMP)
+	$(PY) -m loginpipe.local.registry fetch
+
+registry-start: registry-fetch
+	$(PY) -m loginpipe.local.registry start
+
+registry-stop: $(RUN_STAMP)
+	$(PY) -m loginpipe.local.registry stop
+
 topics: $(RUN_STAMP)
 	$(PY) create_kafka_topic.py
 
@@ -86,4 +101,5 @@ generate: $(RUN_STAMP)
 
 clean:                             ## stops the broker, removes the venv, all Kafka files and build output
 	-$(PY) -m loginpipe.local.broker stop
-	rm -rf $(VENV) .kafka .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	-$(PY) -m loginpipe.local.registry stop
+	rm -rf $(VENV) .kafka .registry .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

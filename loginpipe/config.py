@@ -25,6 +25,7 @@ from loginpipe.cli import (
 from loginpipe.core.events import MAX_FUTURE_SKEW_S
 from loginpipe.core.privacy import MIN_SECRET_BYTES, SECRET_ENV, Privacy
 from loginpipe.errors import UserError
+from loginpipe.kafka.backends import CLIENTS, KAFKA_PYTHON
 from loginpipe.kafka.settings import Connection
 from loginpipe.observe.terminal import VIEWS
 from loginpipe.state.stores import DEFAULT_MAX_TRACKED_KEYS
@@ -90,6 +91,7 @@ class PipelineConfig:
     # exactly-once: each worker writes its outputs, state changes and input offsets in one Kafka
     # transaction per checkpoint (README, "Processing guarantees")
     processing_guarantee: str = AT_LEAST_ONCE
+    client: str = KAFKA_PYTHON  # the Kafka client library (kafka.backends): kafka-python or confluent
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "connection", Connection.of(self.connection))
@@ -169,6 +171,10 @@ def build_pipeline_parser() -> EnvArgumentParser:
         help="at-least-once: a crash may repeat outputs (the faster); exactly-once: outputs, state "
              "changes and offsets commit together in Kafka transactions (read outputs with "
              "isolation.level=read_committed)")
+    add("--client", env="KAFKA_CLIENT", type=choice(CLIENTS), metavar="{" + ",".join(CLIENTS) + "}",
+        default=defaults.client,
+        help="the Kafka client library: kafka-python (always installed) or confluent (librdkafka, "
+             "faster; pip install 'loginpipe[confluent]')")
     parser.add_argument("--quiet", action="store_true",
                         help="no status block, stats lines or start-up lines: only warnings, errors and the "
                              "final summary")
@@ -231,7 +237,7 @@ def pipeline_config(argv: list[str] | None = None) -> PipelineConfig:
         delivery_timeout_ms=args.delivery_timeout_ms,
         shutdown_timeout_s=args.shutdown_timeout, max_in_flight=args.max_in_flight,
         max_in_flight_mib=args.max_in_flight_mib, group_instance_id=args.group_instance_id or None,
-        processing_guarantee=args.processing_guarantee,
+        processing_guarantee=args.processing_guarantee, client=args.client,
     )
 
 

@@ -52,6 +52,13 @@ def bootstrap(kafka: KafkaUnderTest) -> str:
     return kafka.bootstrap
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The tests that prove delivery run on both clients (--client): the default, kafka-python,
+    and confluent-kafka (librdkafka)."""
+    return request.param
+
+
 @pytest.fixture
 def topic_name() -> Callable[[str], str]:
     """Unique topic names, so tests never see each other's data on a reused broker."""

@@ -24,6 +24,7 @@ from loginpipe import cli
 from loginpipe.cli import DEFAULT_BOOTSTRAP, EnvArgumentParser, non_negative_float, port_number, run_cli
 from loginpipe.config import PipelineConfig, build_pipeline_parser, pipeline_config
 from loginpipe.kafka.admin import ensure_topics
+from loginpipe.kafka.backends import make_backend
 from loginpipe.kafka.settings import connection_env
 from loginpipe.local.broker import LocalBroker, port_is_free
 from loginpipe.observe import logs
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             build_pipeline_parser().print_help()
             return 0
         config = pipeline_config(consumer_args)
+    backend = make_backend(config.client)  # a missing client library: one line, before the broker starts
     if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
         print(f"kafka: {LocalBroker().start_or_reuse()}", flush=True)
     create_topics(config)
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     dashboard = start_dashboard(config, args.dashboard_port)
     tune_gc()
     try:
-        result = Application(config).run()
+        result = Application(config, backend=backend).run()
     finally:
         for child in (generator, dashboard):
             if child is not None:

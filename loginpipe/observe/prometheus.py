@@ -123,13 +123,14 @@ def instance_id(group_instance_id: str | None, process_index: str | None, host: 
     return f"{host}-{os.getpid() if pid is None else pid}"
 
 
-def build_labels() -> dict[str, str]:
+def build_labels(client: str = KAFKA_CLIENT) -> dict[str, str]:
+    """``client``: the Kafka client's distribution name (kafka-python, confluent-kafka)."""
     try:
-        client_version = metadata.version(KAFKA_CLIENT)
+        client_version = metadata.version(client)
     except metadata.PackageNotFoundError:
         client_version = "unknown"
     return {"version": loginpipe.__version__, "python": platform.python_version(),
-            "kafka_client": KAFKA_CLIENT, "kafka_client_version": client_version}
+            "kafka_client": client, "kafka_client_version": client_version}
 
 
 class Exporter:
@@ -143,7 +144,7 @@ class Exporter:
                  not_writing: Callable[[], float] = lambda: 0,
                  replacements: Callable[[], float] = lambda: 0,
                  restoring: Callable[[], tuple[int, int]] = lambda: (0, 0),
-                 group: str = "", instance: str | None = None) -> None:
+                 group: str = "", instance: str | None = None, client: str = KAFKA_CLIENT) -> None:
         own = self._own = CollectorRegistry()
         self.registry = CollectorRegistry()
         labels = {"group": group, "instance_id": instance or instance_id(None, None)}
@@ -182,7 +183,7 @@ class Exporter:
         self.transaction_seconds = Histogram("transaction_commit_seconds", "Time to commit a "
                                              "transaction (offsets added, outputs flushed, committed).",
                                              namespace=ns, registry=r, buckets=BATCH_SECONDS_BUCKETS)
-        build = build_labels()
+        build = build_labels(client)
         Gauge("build_info", "Always 1; the labels say what runs.", list(build), namespace=ns,
               registry=r).labels(**build).set(1)
         self._gauges(r, lag, tracked_users, tracked_devices, in_flight, not_writing, replacements, restoring)

@@ -29,6 +29,7 @@ from loginpipe.core.batch import Topology
 from loginpipe.core.filters import FilterRules
 from loginpipe.core.records import Routes
 from loginpipe.errors import UserError
+from loginpipe.kafka.backends import DISTRIBUTIONS, make_backend
 from loginpipe.kafka.base import Backend, ClientError
 from loginpipe.observe import logs
 from loginpipe.observe.prometheus import Exporter, instance_id
@@ -64,9 +65,7 @@ class Application:
                  backend: Backend | None = None, health_every_s: float = HEALTH_EVERY_S,
                  stuck_after_s: float = NO_ASSIGNMENT_AFTER_S) -> None:
         if backend is None:
-            from loginpipe.kafka.kafka_python import KafkaPythonBackend
-
-            backend = KafkaPythonBackend()
+            backend = make_backend(config.client)
         self.config = config
         self.backend = backend
         self.health_every_s = health_every_s
@@ -129,7 +128,8 @@ class Application:
             worker.start()
         if not self.config.quiet:
             self.log.info(f"consuming {self.config.input_topic} at {self.config.bootstrap_servers} with "
-                          f"{len(workers)} thread(s) in group {self.config.group_id}; Ctrl+C stops")
+                          f"{len(workers)} thread(s) in group {self.config.group_id} ({self.config.client} "
+                          "client); Ctrl+C stops")
         with self._showing():
             try:
                 self._supervise(workers)
@@ -361,7 +361,8 @@ class Application:
                             in_flight=lambda: stats.in_flight, not_writing=lambda: stats.not_writing_s,
                             replacements=lambda: stats.producer_replacements,
                             restoring=state.restore_progress, group=self.config.group_id,
-                            instance=instance_id(self.config.group_instance_id, os.environ.get(INDEX_ENV)))
+                            instance=instance_id(self.config.group_instance_id, os.environ.get(INDEX_ENV)),
+                            client=DISTRIBUTIONS[self.config.client])
         exporter.serve(self.config.metrics_port, self.config.metrics_bind)
         if not self.config.quiet:
             self.log.info(f"Prometheus metrics at "
@@ -385,11 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     from loginpipe.config import pipeline_config
 
     config = pipeline_config(argv)
+    backend = make_backend(config.client)  # a missing client library: one line, before any child starts
     if config.processes > 1:
         from loginpipe.runtime.processes import run_processes
 
         return run_processes(config, argv)
     tune_gc()
-    result = Application(config).run()
+    result = Application(config, backend=backend).run()
     return 1 if result.failed or result.unacknowledged else 0
 

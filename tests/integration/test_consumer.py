@@ -86,10 +86,11 @@ def dlq_positions(records) -> list[tuple[int, int]]:
             for r in records]
 
 
-def test_drain_accounts_for_every_record_and_aggregates_are_right(bootstrap: str, topics) -> None:
+def test_drain_accounts_for_every_record_and_aggregates_are_right(bootstrap: str, topics,
+                                                                  kafka_client: str) -> None:
     records = generated(20_000, seed=5, bad_ratio=0.05)
     preload(bootstrap, topics.input, records)
-    result = run_pipeline(bootstrap, topics, group(), threads=2)
+    result = run_pipeline(bootstrap, topics, group(), threads=2, client=kafka_client)
     t = result.totals
     assert t.consumed == 20_000 == t.processed + t.filtered + t.dead_lettered
     assert t.dead_lettered == sum(1 for r in records if r.kind != GOOD)
@@ -146,11 +147,11 @@ def test_drain_accounts_for_every_record_and_aggregates_are_right(bootstrap: str
     assert max(v["total_logins_for_version"] for v in values) == max(by_version.values())
 
 
-def test_output_batches_are_snappy_on_the_broker(kafka, topics) -> None:
+def test_output_batches_are_snappy_on_the_broker(kafka, topics, kafka_client: str) -> None:
     if kafka.broker is None:
         pytest.skip("the reused broker's log files are not visible from here")
     preload(kafka.bootstrap, topics.input, generated(3000, seed=6, bad_ratio=0))
-    result = run_pipeline(kafka.bootstrap, topics, group())
+    result = run_pipeline(kafka.bootstrap, topics, group(), client=kafka_client)
     assert result.totals.processed > 2000
     dump = kafka.broker.dump_log_segments(topics.output)
     codecs = {line.split("compresscodec: ")[1].split()[0] for line in dump.splitlines()
@@ -298,17 +299,18 @@ def test_broker_lost_mid_run_then_back_loses_nothing(tmp_path: Path, kafka_libs:
 
 
 def test_rebalance_commits_in_flight_work_before_giving_partitions_up(bootstrap: str, topics,
-                                                                     tmp_path: Path, reaper) -> None:
+                                                                     tmp_path: Path, reaper,
+                                                                     kafka_client: str) -> None:
     records = generated(30_000, seed=14)
     name = group()
     first = start_consumer(reaper, bootstrap, topics, name, tmp_path, "first", "--threads", "1",
-                           "--stop-when-idle", "5", "--quiet")
+                           "--stop-when-idle", "5", "--quiet", "--client", kafka_client)
     feeder = threading.Thread(target=preload, args=(bootstrap, topics.input, records, 5000))
     feeder.start()  # a steady stream, so the first member is busy when the second joins
     try:
         assert wait_until(lambda: sum(end_offsets(bootstrap, topics.output).values()) > 2000, 60)
         second = start_consumer(reaper, bootstrap, topics, name, tmp_path, "second", "--threads", "1",
-                                "--stop-when-idle", "5", "--quiet")
+                                "--stop-when-idle", "5", "--quiet", "--client", kafka_client)
     finally:
         feeder.join()
     counts = []

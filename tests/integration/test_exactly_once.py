@@ -349,7 +349,8 @@ PRELOAD, STREAMED, FEED_RATE, KILLS = 30_000, 24_000, 400, 20
 
 @pytest.mark.timeout(360)
 def test_twenty_sigkills_leave_every_input_exactly_once_and_the_state_exact(
-        bootstrap: str, topics: PipelineTopics, group: str, tmp_path: Path, reaper) -> None:
+        bootstrap: str, topics: PipelineTopics, group: str, tmp_path: Path, reaper,
+        kafka_client: str) -> None:
     """Two processes in one group, static members ``a`` and ``b``: a restarted member's producer
     (same transactional id) fences its predecessor's at once, aborting the transaction it left
     open, and the member takes its partitions back without a rebalance. 30k records preloaded,
@@ -358,7 +359,8 @@ def test_twenty_sigkills_leave_every_input_exactly_once_and_the_state_exact(
     open transactions wrote is in the log for a read_uncommitted reader."""
     work, expected = workload(seed=31, events=PRELOAD + STREAMED - 1500, bad=1500)
     produce(bootstrap, topics.input, work.records[:PRELOAD])
-    flags = ("--filtered-topic", topics.filtered, "--max-poll-records", "500", "--stats-interval", "2")
+    flags = ("--filtered-topic", topics.filtered, "--max-poll-records", "500", "--stats-interval", "2",
+             "--client", kafka_client)
     members = [Member(reaper, bootstrap, topics, group, tmp_path, name, "--group-instance-id", name, *flags)
                for name in ("a", "b")]
     join_one_by_one(bootstrap, group, members)

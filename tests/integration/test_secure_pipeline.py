@@ -269,21 +269,23 @@ def sasl_run(secure_kafka: SecureKafka, commands: Commands, sasl_connection: Con
                         2000, 1501, "--stats-every", "500")
 
 
-@pytest.fixture(scope="module")
-def exactly_once_run(secure_kafka: SecureKafka, commands: Commands,
-                     sasl_connection: Connection) -> PipelineRun:
+@pytest.fixture(scope="module", params=["kafka-python", "confluent"])
+def exactly_once_run(secure_kafka: SecureKafka, commands: Commands, sasl_connection: Connection,
+                     request: pytest.FixtureRequest) -> PipelineRun:
+    """On both clients: SASL/SCRAM over TLS and transactions, each mapped to librdkafka's settings."""
     return run_pipeline(commands, sasl_connection, ["--client-config", str(secure_kafka.client_properties)],
-                        2000, 1502, "--processing-guarantee", "exactly-once", "--quiet")
+                        2000, 1502, "--processing-guarantee", "exactly-once", "--quiet",
+                        "--client", request.param)
 
 
-@pytest.fixture(scope="module")
-def mtls_run(secure_kafka: SecureKafka, commands: Commands) -> PipelineRun:
+@pytest.fixture(scope="module", params=["kafka-python", "confluent"])
+def mtls_run(secure_kafka: SecureKafka, commands: Commands, request: pytest.FixtureRequest) -> PipelineRun:
     keystore = str(secure_kafka.broker.secrets.keystore(PIPELINE_USER))  # key and certificate in one PEM
     flags = {"bootstrap_servers": secure_kafka.mtls_bootstrap, "security_protocol": "SSL",
              "ssl_cafile": str(secure_kafka.ca_file), "ssl_certfile": keystore, "ssl_keyfile": keystore}
     connection = build_connection(flags, {})
     cli = [text for name, value in flags.items() for text in (f"--{name.replace('_', '-')}", value)]
-    return run_pipeline(commands, connection, cli, 1000, 1503, "--quiet")
+    return run_pipeline(commands, connection, cli, 1000, 1503, "--quiet", "--client", request.param)
 
 
 # --- 1. The pipeline over SASL_SSL, every tool with --client-config

@@ -302,7 +302,7 @@ def drain_in_group(reaper: list, bootstrap: str, topics: PipelineTopics, group_i
 
 # --- 1. Clean restarts -----------------------------------------------------------------------------
 
-def test_state_survives_a_clean_restart(bootstrap: str, topics, group: str) -> None:
+def test_state_survives_a_clean_restart(bootstrap: str, topics, group: str, kafka_client: str) -> None:
     tag = uuid.uuid4().hex[:8]
 
     def user_in(partition: int, role: str) -> str:
@@ -320,7 +320,7 @@ def test_state_survives_a_clean_restart(bootstrap: str, topics, group: str) -> N
               event(user_in(home, "other"), "10.0.0.3", f"other-device-{tag}", version, "ANDROID"),
               event(user_in(home, "third"), "10.0.0.4", f"third-device-{tag}", version, "IOS")]
     produce(bootstrap, topics.input, keyed(before))
-    first = run_pipeline(bootstrap, topics, group)  # stops when idle: a clean stop
+    first = run_pipeline(bootstrap, topics, group, client=kafka_client)  # stops when idle: a clean stop
     assert first.totals.processed == 4 and not first.failed
     seen = {o["user_id"]: o for o in outputs_of(bootstrap, topics.output, 4)}
     assert seen[user]["distinct_ips_for_user"] == 1 and not seen[user]["multi_ip_user"]
@@ -331,7 +331,7 @@ def test_state_survives_a_clean_restart(bootstrap: str, topics, group: str) -> N
     after = [event(user, "10.0.0.9", f"own-{tag}", device_type="Android"),
              event(joiner, "10.0.0.5", device, version, "ios")]
     produce(bootstrap, topics.input, keyed(after))
-    second = run_pipeline(bootstrap, topics, group)  # a new Application: its state is restored
+    second = run_pipeline(bootstrap, topics, group, client=kafka_client)  # a new Application: restored
     assert second.totals.processed == 2 and not second.failed
     outputs = outputs_of(bootstrap, topics.output, 6)
     assert len(outputs) == 6

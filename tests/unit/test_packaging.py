@@ -25,11 +25,13 @@ from loginpipe.local.broker import default_home
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 REQUIREMENT_FILES = {None: "requirements.txt", "dashboard": "requirements-dashboard.txt",
-                     "dev": "requirements-dev.txt"}  # extra (None: the runtime) -> its file
+                     "dev": "requirements-dev.txt", "avro": "requirements-avro.txt",
+                     "confluent": "requirements-confluent.txt"}  # extra -> its file
 LOCK = ROOT / "requirements.lock"
 # Modules with a main(argv) that are not commands of their own: the dispatcher, and the tool that
 # renders the README's field tables from the schemas (for developers, run with python -m).
-NOT_COMMANDS = {"loginpipe.commands", "loginpipe.core.contracts"}
+# quix_app runs under the benchmark's own Quix Streams interpreter, not as a loginpipe command
+NOT_COMMANDS = {"loginpipe.commands", "loginpipe.core.contracts", "loginpipe.benchmark.quix_app"}
 
 
 @pytest.fixture(autouse=True)
@@ -226,7 +228,7 @@ def test_every_data_file_in_the_package_is_package_data() -> None:
         if not any(fnmatch.fnmatch(path.name, pattern) for pattern in package_data.get(package, [])):
             missing.append(str(path.relative_to(ROOT)))
     assert missing == []
-    assert package_data["loginpipe.core.schemas"] == ["*.json"]
+    assert package_data["loginpipe.core.schemas"] == ["*.json", "*.avsc"]
 
 
 # ---------------------------------------------------------------- the lock
