@@ -22,6 +22,8 @@ from loginpipe.core.enrich import normalize_device_type
 from loginpipe.core.events import MAX_FUTURE_SKEW_S, LoginEvent, RawRecord, parse_event
 from loginpipe.core.filters import FilterRules, filter_reason
 from loginpipe.core.records import (
+    DEVICE_ID,
+    USER_ID,
     BatchTime,
     OutputRecord,
     Routes,
@@ -125,13 +127,12 @@ def process_devices(records: Sequence[RawRecord], state: DeviceState, topology: 
     result = BatchResult()
     routes = topology.routes
     logins = [read_repartitioned(record.value) for record in records]
-    users = state.count([(record.offset, event.device_id, event.user_id)
-                         for record, (event, *_) in zip(records, logins, strict=True)])
+    users = state.count([(record.offset, login[DEVICE_ID], login[USER_ID])
+                         for record, login in zip(records, logins, strict=True)])
     batch_time = BatchTime(now_s)
     outputs, levels = result.outputs, []
-    for (event, device_type, source, counted), users_on_device in zip(logins, users, strict=True):
-        output, level = processed_record(routes, source, event, device_type, counted, users_on_device,
-                                         batch_time)
+    for login, users_on_device in zip(logins, users, strict=True):
+        output, level = processed_record(routes, login, users_on_device, batch_time)
         outputs.append(output)
         levels.append(level)
     outputs.extend(changelog.device_changes(state, routes.internal.device_changelog))

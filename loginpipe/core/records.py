@@ -53,22 +53,12 @@ class OutputRecord:
     timestamp_ms: int | None = None  # None: the producer's clock
 
 
-class Source:
-    """Where a processed record came from in the input, carried through the repartition topic."""
-
-    __slots__ = ("keyed_by_user", "offset", "partition")
-
-    def __init__(self, partition: int, offset: int, keyed_by_user: bool) -> None:
-        self.partition = partition
-        self.offset = offset
-        self.keyed_by_user = keyed_by_user  # the input key was this user_id
-
-
 def repartition_record(routes: Routes, source: RawRecord, event: LoginEvent, device_type: str,
                        counted: Counted) -> OutputRecord:
     """A counted login on its way to the device step, keyed by device_id. Its partition is chosen
     here (crc32: the topic is ours alone, and Kafka's murmur2 in pure Python costs ~10 % of the
-    pipeline); its timestamp is the input record's, so end-to-end latency spans both steps."""
+    pipeline); its timestamp is the input record's, so end-to-end latency spans both steps. The
+    value is a flat array, in ``Repartitioned``'s order."""
     device_key = event.device_id.encode()
     keyed_by_user = source.key is not None and source.key == event.user_id.encode()
     value = orjson.dumps([event.user_id, event.app_version, device_type, event.ip, event.locale,
@@ -78,12 +68,18 @@ def repartition_record(routes: Routes, source: RawRecord, event: LoginEvent, dev
     return OutputRecord(routes.internal.repartition, device_key, value, None, partition, source.timestamp)
 
 
-def read_repartitioned(value: bytes) -> tuple[LoginEvent, str, Source, Counted]:
-    """The fields ``repartition_record`` wrote."""
-    (user_id, app_version, device_type, ip, locale, device_id, timestamp, epoch_s, partition,
-     offset, keyed_by_user, *counted) = orjson.loads(value)
-    event = LoginEvent(user_id, app_version, device_type, ip, locale, device_id, timestamp, epoch_s)
-    return event, device_type, Source(partition, offset, keyed_by_user), Counted(*counted)
+# What ``read_repartitioned`` returns: the list ``repartition_record`` wrote, used as it is (no
+# object per record: this runs per event). Its items, by position:
+#   0 user_id, 1 app_version, 2 device_type (normalized), 3 ip, 4 locale, 5 device_id,
+#   6 timestamp (as given), 7 epoch_s, 8 source partition, 9 source offset, 10 keyed by user_id,
+#   11.. the Counted fields in their order.
+Repartitioned = list
+USER_ID, DEVICE_ID = 0, 5
+
+
+def read_repartitioned(value: bytes) -> Repartitioned:
+    """The fields ``repartition_record`` wrote, in its order."""
+    return orjson.loads(value)
 
 
 class BatchTime:
@@ -96,30 +92,28 @@ class BatchTime:
         self.iso = enrich.processed_timestamp(now_s)
 
 
-def processed_record(routes: Routes, source: Source, event: LoginEvent, device_type: str,
-                     snapshot: Counted, users_on_device: int, batch_time: BatchTime
+def processed_record(routes: Routes, login: Repartitioned, users_on_device: int, batch_time: BatchTime
                      ) -> tuple[OutputRecord, str]:
     """The enriched record for the output topic, keyed by user_id, and its risk level. Its fields
     are described by ``schemas/processed-login.v1.json`` (the README's table is rendered from it)."""
-    epoch_s, ip = event.epoch_s, event.ip
+    (user_id, app_version, device_type, ip, locale, device_id, timestamp, epoch_s, source_partition,
+     source_offset, keyed_by_user, total_for_version, total_from_locale, total_for_device_type,
+     distinct_ips, most_common_device_type, newest_major) = login
     second = int(epoch_s)  # parse_event rejects negative times
     login_time, day_of_week, hour_of_day = enrich.time_fields(second)
-    major, minor, patch = enrich.version_parts(event.app_version)
-    region, zone = enrich.locale_region(event.locale)
+    major, minor, patch = enrich.version_parts(app_version)
+    region, zone = enrich.locale_region(locale)
     local_hour = enrich.local_hour(zone, second // 3600)
-    distinct_ips = snapshot.distinct_ips_for_user
-    score, level, factors = risk.assess(distinct_ips, users_on_device, major, snapshot.newest_major,
-                                        local_hour, ip)
+    score, level, factors = risk.assess(distinct_ips, users_on_device, major, newest_major, local_hour, ip)
     privacy = routes.privacy
-    key = event.user_id.encode()
     value = orjson.dumps({
-        "user_id": event.user_id,
-        "app_version": event.app_version,
+        "user_id": user_id,
+        "app_version": app_version,
         "device_type": device_type,
         "ip": privacy.masked_ip(ip) if privacy else ip,
-        "locale": event.locale,
-        "device_id": privacy.device_token(event.device_id) if privacy else event.device_id,
-        "timestamp": event.timestamp,
+        "locale": locale,
+        "device_id": privacy.device_token(device_id) if privacy else device_id,
+        "timestamp": timestamp,
         "login_time": login_time,
         "day_of_week": day_of_week,
         "hour_of_day": hour_of_day,
@@ -130,25 +124,25 @@ def processed_record(routes: Routes, source: Source, event: LoginEvent, device_t
         "app_version_major": major,
         "app_version_minor": minor,
         "app_version_patch": patch,
-        "total_logins_for_version": snapshot.total_logins_for_version,
-        "total_logins_from_locale": snapshot.total_logins_from_locale,
-        "total_logins_for_device_type": snapshot.total_logins_for_device_type,
+        "total_logins_for_version": total_for_version,
+        "total_logins_from_locale": total_from_locale,
+        "total_logins_for_device_type": total_for_device_type,
         "distinct_ips_for_user": distinct_ips,
         "multi_ip_user": distinct_ips > 1,
         "users_on_device": users_on_device,
         "shared_device": users_on_device > 1,
-        "most_common_device_type": snapshot.most_common_device_type,
+        "most_common_device_type": most_common_device_type,
         "risk_score": score,
         "risk_level": level,
         "risk_factors": factors,
         "privacy": privacy is not None,
-        "source_partition": source.partition,
-        "source_offset": source.offset,
+        "source_partition": source_partition,
+        "source_offset": source_offset,
         "schema": OUTPUT_SCHEMA_ID,
     })
     # Only when the input was keyed by this same user_id is its partition the key's partition.
-    partition = source.partition if routes.keep_partition and source.keyed_by_user else None
-    return OutputRecord(routes.output_topic, key, value, None, partition), level
+    partition = source_partition if routes.keep_partition and keyed_by_user else None
+    return OutputRecord(routes.output_topic, user_id.encode(), value, None, partition), level
 
 
 def _source_headers(source: RawRecord) -> list[tuple[str, bytes]]:

@@ -30,6 +30,7 @@ Bounds (memory is planned in the README, "State"):
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from hashlib import blake2b
@@ -49,6 +50,13 @@ NO_OFFSET = -1
 COUNTS = ("by_app_version", "by_locale", "by_device_type", "by_epoch_hour")
 
 
+# Ids repeat (a few users log in very often): the digests of the most recent ones are kept, which
+# spares ~0.5 µs of BLAKE2b per hit, 2.7 times an event. Bounded: ~230 bytes an entry with the
+# id's string, ~7.5 MiB when full.
+STABLE_KEY_CACHE = 1 << 15
+
+
+@functools.lru_cache(maxsize=STABLE_KEY_CACHE)
 def stable_key(text: str) -> int:
     """An id as the stores keep it: 60 bits of its BLAKE2b digest, the same in every process
     (``hash()`` is salted per process), and a 32-byte int where the id's string takes 85. Two ids
