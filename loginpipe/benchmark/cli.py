@@ -28,7 +28,8 @@ from loginpipe.benchmark.guarantees import (
     WARMUP_S,
     step_guarantees,
 )
-from loginpipe.benchmark.report import add_ratios, describe_machine, markdown, write_outputs
+from loginpipe.benchmark.peers import DEFAULT_QUIX_VENV, QUIX_VERSION, step_pipeline_confluent, step_quix
+from loginpipe.benchmark.report import add_ratios, describe_machine, markdown, peer_ratios, write_outputs
 from loginpipe.benchmark.steps import (
     Bench,
     step_consume_only,
@@ -47,8 +48,10 @@ from loginpipe.config import PipelineConfig
 from loginpipe.errors import UserError
 from loginpipe.topics import TopicSpec
 
-# The benchmark's steps, in the order they run; --only and --skip choose among them.
-STEPS = ("throughput", "restore", "latency", "guarantees", "memory")
+# The benchmark's steps, in the order they run; --only and --skip choose among them. "peers" runs
+# within "throughput" (on its preloaded input); alone, it preloads and runs the pipeline drains it
+# is compared with.
+STEPS = ("throughput", "peers", "restore", "latency", "guarantees", "memory")
 
 
 def step_list(text: str) -> list[str]:
@@ -66,7 +69,9 @@ def build_parser() -> EnvArgumentParser:
     parser = EnvArgumentParser(
         prog="python -m loginpipe.benchmark",
         description="Benchmark the pipeline against Kafka's Java consumer, kafka-python consume-only and "
-                    "pass-through, with threads and with processes; what its state topics take per "
+                    "pass-through, with threads and with processes, and against its peers (confluent-kafka "
+                    "pass-through, the pipeline on confluent-kafka, a Quix Streams app doing the same "
+                    "job: --only peers, make bench-peers); what its state topics take per "
                     "event; how fast state is restored; end-to-end latency; memory per user. Results "
                     "in bench-results/.",
         epilog="python -m loginpipe.benchmark compare BEFORE [AFTER] compares the drain throughput of two "
@@ -95,13 +100,24 @@ def build_parser() -> EnvArgumentParser:
                             default=[100_000, 1_000_000, 5_000_000],
                             help="distinct users at which to measure memory, comma-separated")
     parser.add_argument("--with-confluent", action="store_true",
-                        help="also run the pass-through with confluent-kafka, if it imports")
+                        help="also run the confluent-kafka pass-through when the peers step is left out "
+                             "(the peers step runs it anyway)")
+    parser.add_env_argument("--quix", env="BENCH_QUIX", choices=["auto", "skip"], default="auto",
+                            help=f"the peers step's Quix Streams app: auto installs quixstreams"
+                                 f"=={QUIX_VERSION} into --quix-venv on first use (about 150 MB), skip "
+                                 "leaves it out")
+    parser.add_env_argument("--quix-venv", env="BENCH_QUIX_VENV", default=str(DEFAULT_QUIX_VENV),
+                            help="the Quix Streams app's own virtual environment (made when missing)")
     add_guarantees_arguments(parser)
     parser.add_env_argument("--only", env="BENCH_ONLY", type=step_list, default=None,
                             help=f"run only these steps, comma-separated, of: {', '.join(STEPS)} "
                                  "(throughput: preload, ceilings, pipeline drains, their state and "
-                                 "restore; restore: the synthetic changelog's). The results then go to "
-                                 "bench-<time>.{json,md} only: latest.* stays the last full run's")
+                                 "restore; peers: the confluent-kafka pass-through, the pipeline on "
+                                 "confluent-kafka, a Quix Streams app doing the same job, and alone "
+                                 "(make bench-peers) the kafka-python pass-through and pipeline drains "
+                                 "they are compared with; restore: the synthetic changelog's). The "
+                                 "results then go to bench-<time>.{json,md,png} only: latest.* stays "
+                                 "the last full run's")
     parser.add_env_argument("--skip", env="BENCH_SKIP", type=step_list, default=[],
                             help="run every step but these, comma-separated")
     return parser
@@ -133,12 +149,16 @@ def selected_steps(args) -> list[str]:
 
 def count_announcements(args, steps: list[str]) -> int:
     """How many numbered lines the chosen steps announce, for the [i/n] counter."""
-    per_step = {
-        # preload, Java, consume-only, pass-through, each pipeline, restore after the drain
-        "throughput": 5 + len(args.threads_list) + bool(args.with_confluent) + (args.processes > 1),
-        "restore": int(args.restore_users > 0), "latency": 1, "guarantees": 2, "memory": 1,
-    }
-    return sum(per_step[step] for step in steps)
+    more = args.processes > 1
+    full, peers = "throughput" in steps, "peers" in steps
+    # confluent pass-through, the pipeline on confluent (1 process, and N), the Quix app
+    peer_runs = 3 + more if peers else 0
+    if full:  # preload, Java, consume-only, pass-through, each pipeline, restore after the drain
+        drains = 5 + len(args.threads_list) + more + (bool(args.with_confluent) and not peers) + peer_runs
+    else:  # peers alone: preload, kafka-python pass-through, pipeline 1 thread (and N processes)
+        drains = 3 + more + peer_runs if peers else 0
+    per_step = {"restore": int(args.restore_users > 0), "latency": 1, "guarantees": 2, "memory": 1}
+    return drains + sum(per_step.get(step, 0) for step in steps)
 
 
 def _new_report(args, run_id: str, bootstrap: str) -> dict:
@@ -150,8 +170,8 @@ def _new_report(args, run_id: str, bootstrap: str) -> dict:
 
 def _run_steps(bench: Bench, report: dict, steps: list[str]) -> None:
     """The chosen steps in turn, each adding its results to ``report``."""
-    if "throughput" in steps:
-        _throughput_steps(bench, report)
+    if "throughput" in steps or "peers" in steps:
+        _throughput_steps(bench, report, full="throughput" in steps, peers="peers" in steps)
     if "restore" in steps and bench.args.restore_users:
         _restore_synthetic(bench, report)
     if "latency" in steps:
@@ -162,35 +182,49 @@ def _run_steps(bench: Bench, report: dict, steps: list[str]) -> None:
         report["memory"] = step_memory(bench)
 
 
-def _throughput_steps(bench: Bench, report: dict) -> None:
-    """Preload, the ceilings, the pipeline drains, and the restore of a drained group's state."""
+def _throughput_steps(bench: Bench, report: dict, full: bool, peers: bool) -> None:
+    """Preload, then on that input: the ceilings, the pipeline drains and the restore of a drained
+    group's state (``full``), the peers (``peers``). Peers alone: only the kafka-python runs they
+    are compared with besides (pass-through, pipeline 1 thread and N processes)."""
     args = bench.args
     source = bench.name("in")
     bench.create_topics(TopicSpec(source, "benchmark input"))
     report["input_topic"] = source
     report["preload"] = step_preload(bench, source)
-    runs = report["runs"]
-    java = step_java(bench, source)
-    if java:
-        runs.append(java)
-    else:
-        report["notes"].append("Java ConsumerPerformance skipped: no java on PATH")
-    runs.append(step_consume_only(bench, source))
+    runs, notes = report["runs"], report["notes"]
+    if full:
+        java = step_java(bench, source)
+        if java:
+            runs.append(java)
+        else:
+            notes.append("Java ConsumerPerformance skipped: no java on PATH")
+        runs.append(step_consume_only(bench, source))
     runs.append(step_pass_through(bench, source, "kafka-python"))
-    if args.with_confluent:
+    if peers or args.with_confluent:
         row = step_pass_through(bench, source, "confluent")
         if row:
             runs.append(row)
         else:
-            report["notes"].append("confluent-kafka pass-through skipped: it does not import")
-    for threads in args.threads_list:
+            notes.append("confluent-kafka pass-through skipped: it does not import (pip install "
+                         "confluent-kafka)")
+    for threads in args.threads_list if full else [1]:
         runs.append(step_pipeline(bench, source, threads))
     if args.processes > 1:
         runs.append(step_pipeline_processes(bench, source, args.processes))
+    if peers:
+        for processes in ([1, args.processes] if args.processes > 1 else [1]):
+            row = step_pipeline_confluent(bench, source, processes, notes)
+            if row:
+                runs.append(row)
+        row = step_quix(bench, source, notes)
+        if row:
+            runs.append(row)
     report["ratios"] = add_ratios(runs)
-    pipelines = [r for r in runs if r["kind"] == "pipeline"]
-    drained = next((r for r in pipelines if r["threads"] == 1 and r["processes"] == 1), pipelines[0])
-    report["restore"] = step_restore_drained(bench, drained["group"])
+    report["peer_ratios"] = peer_ratios(runs)
+    if full:
+        pipelines = [r for r in runs if r["kind"] == "pipeline"]
+        drained = next((r for r in pipelines if r["threads"] == 1 and r["processes"] == 1), pipelines[0])
+        report["restore"] = step_restore_drained(bench, drained["group"])
 
 
 def _restore_synthetic(bench: Bench, report: dict) -> None:
@@ -205,7 +239,7 @@ def _finish(report: dict, started: float, out_dir: Path) -> int:
     """Complete the report, write and print it; 1 when a pipeline run's accounting did not add up."""
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["duration_s"] = round(time.monotonic() - started, 1)
-    bad = [r["label"] for r in report["runs"] if r["kind"] == "pipeline" and not r["accounting_ok"]]
+    bad = [r["label"] for r in report["runs"] if r.get("accounting_ok") is False]
     bad += [f"guarantees, {r['label']}" for r in report.get("guarantees", {}).get("summary", [])
             if not r["accounting_ok"]]
     if bad:
@@ -225,7 +259,7 @@ def run_benchmark(args) -> int:
         raise UserError("--only and --skip leave no step to run")
     run_id, log_dir = new_run(args.out_dir)
     say(f"benchmark {run_id}: {args.events:,} events, {args.partitions} partitions, pipeline threads "
-        f"{','.join(map(str, args.threads_list))}"
+        f"{','.join(map(str, args.threads_list if 'throughput' in steps else [1]))}"
         + (f" and {args.processes} processes" if args.processes > 1 else "")
         + (f"; steps {', '.join(steps)}" if steps != list(STEPS) else "")
         + f"; logs in {log_dir}")

@@ -139,3 +139,78 @@ def stop_live_children(grace_s: float = 10.0) -> None:
         wait_until(lambda: all(child.poll() for child in live), 5.0, interval_s=0.05)
     for child in list(_LIVE):
         child.stop(grace_s=grace_s)
+
+
+# --- the machine around a run ------------------------------------------------------------------
+
+def listening_pid(bootstrap: str) -> int | None:
+    """The local process listening on the first bootstrap address's port (the broker), if any."""
+    import psutil
+
+    try:
+        port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+        connections = psutil.net_connections(kind="tcp")
+    except (IndexError, ValueError, psutil.Error):
+        return None
+    return next((c.pid for c in connections if c.status == psutil.CONN_LISTEN and c.laddr
+                 and c.laddr.port == port and c.pid), None)
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent not idle, all cores added up, since boot."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _process_cpu_s(pid: int | None) -> float | None:
+    import psutil
+
+    if pid is None:
+        return None
+    try:
+        cpu = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return cpu.user + cpu.system
+
+
+@dataclass
+class MachineUsage:
+    """The machine's CPU over one run, split into the run's child, the broker and everything else:
+    where a run stops when the cores are shared."""
+
+    broker_pid: int | None
+    started: float
+    busy_at_start: float
+    broker_at_start: float | None
+
+    @classmethod
+    def start(cls, bootstrap: str) -> MachineUsage:
+        pid = listening_pid(bootstrap)
+        return cls(pid, time.monotonic(), _busy_cpu_s(), _process_cpu_s(pid))
+
+    def finish(self, run_cpu_s: float) -> dict:
+        """Cores busy on average over the run: the machine, the run, the broker, the rest."""
+        wall = time.monotonic() - self.started
+        broker_end = _process_cpu_s(self.broker_pid)
+        broker = (broker_end - self.broker_at_start
+                  if broker_end is not None and self.broker_at_start is not None else None)
+        return cpu_split(wall, _busy_cpu_s() - self.busy_at_start, run_cpu_s, broker, os.cpu_count() or 1)
+
+
+def cpu_split(wall_s: float, machine_cpu_s: float, run_cpu_s: float, broker_cpu_s: float | None,
+              cores: int) -> dict:
+    """Average cores busy over ``wall_s``: the machine's, the run's, the broker's and the rest's
+    (the machine less the two; never below 0: the counters are sampled at slightly different times)."""
+    def cores_busy(cpu_s: float) -> float:
+        return round(cpu_s / wall_s, 2) if wall_s > 0 else 0.0
+
+    other = machine_cpu_s - run_cpu_s - (broker_cpu_s or 0.0)
+    return {"wall_s": round(wall_s, 2), "cores": cores, "machine_cores_busy": cores_busy(machine_cpu_s),
+            "run_cores_busy": cores_busy(run_cpu_s),
+            "broker_cores_busy": None if broker_cpu_s is None else cores_busy(broker_cpu_s),
+            "other_cores_busy": cores_busy(max(other, 0.0)),
+            "machine_busy_pct": round(100 * machine_cpu_s / (wall_s * cores), 1) if wall_s > 0 else 0.0,
+            "load_average": [round(x, 2) for x in os.getloadavg()]}

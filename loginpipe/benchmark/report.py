@@ -50,29 +50,74 @@ def _git_revision() -> str:
     return f"{head}{' (uncommitted changes)' if dirty else ''}" if head else "unknown"
 
 
+def client_of(row: dict) -> str:
+    """A run's Kafka client, one name each: "kafka-python" (the default), "confluent", "quixstreams"."""
+    client = row.get("client", "kafka-python")
+    return "confluent" if client == "confluent-kafka" else client
+
+
 def pipeline_key(row: dict) -> str:
-    """A pipeline run's short name: t<threads>, or p<processes> for a --processes run."""
+    """A pipeline run's short name: t<threads>, or p<processes> for a --processes run; "c" after
+    it on the confluent client."""
     processes = row.get("processes", 1)
-    return f"p{processes}" if processes > 1 else f"t{row['threads']}"
+    key = f"p{processes}" if processes > 1 else f"t{row['threads']}"
+    return key + ("c" if client_of(row) == "confluent" else "")
 
 
 def add_ratios(runs: list[dict]) -> dict:
-    """Each pipeline run's rate over pass-through's, consume-only's and the 1-process 1-thread
-    pipeline's."""
-    by_kind = {r["kind"]: r for r in runs if r["kind"] in ("consume-only", "pass-through")
-               and r.get("client", "kafka-python") == "kafka-python"}
+    """Each pipeline run's rate over its own client's pass-through, kafka-python's consume-only,
+    and its own client's 1-process 1-thread pipeline."""
+    pass_through = {client_of(r): r for r in runs if r["kind"] == "pass-through"}
+    consume_only = next((r for r in runs if r["kind"] == "consume-only"), None)
     pipelines = [r for r in runs if r["kind"] == "pipeline"]
-    single = next((r for r in pipelines if r["threads"] == 1 and r.get("processes", 1) == 1), None)
-    if single:
-        by_kind["one-process"] = single
+    single = {client_of(r): r for r in reversed(pipelines)
+              if r["threads"] == 1 and r.get("processes", 1) == 1}
     ratios = {}
     for row in pipelines:
-        for kind, key in (("pass-through", "vs_pass_through"), ("consume-only", "vs_consume_only"),
-                          ("one-process", "vs_one_process")):
-            base = by_kind.get(kind)
+        client = client_of(row)
+        for base, key in ((pass_through.get(client), "vs_pass_through"), (consume_only, "vs_consume_only"),
+                          (single.get(client), "vs_one_process")):
             if base and base["events_per_s"] and base is not row:
                 row[key] = round(row["events_per_s"] / base["events_per_s"], 3)
                 ratios[f"pipeline_{pipeline_key(row)}_{key}"] = row[key]
+    return ratios
+
+
+# The ratios issue 14 sets goals for: (name, numerator, denominator, measure, goal: met at or above
+# it). A run is picked by (kind, client, processes); "events" compares events/s, "rss" peak RSS.
+_KP, _CF, _QX = ("pipeline", "kafka-python", 1), ("pipeline", "confluent", 1), ("quix", "quixstreams", 1)
+_KP2, _CF2 = ("pipeline", "kafka-python", 2), ("pipeline", "confluent", 2)
+_KP_PASS, _CF_PASS = ("pass-through", "kafka-python", 1), ("pass-through", "confluent", 1)
+PEER_RATIOS = (
+    ("kafka-python pipeline ÷ kafka-python pass-through", _KP, _KP_PASS, "events", 0.8),
+    ("confluent pipeline ÷ kafka-python pipeline", _CF, _KP, "events", 2.0),
+    ("confluent pipeline ÷ confluent pass-through", _CF, _CF_PASS, "events", 0.5),
+    ("kafka-python pipeline ÷ Quix app", _KP, _QX, "events", 4.0),
+    ("confluent pipeline ÷ Quix app", _CF, _QX, "events", 4.0),
+    ("Quix app peak RSS ÷ kafka-python pipeline's", _QX, _KP, "rss", 10.0),
+    ("Quix app peak RSS ÷ confluent pipeline's", _QX, _CF, "rss", 10.0),
+    ("2 processes ÷ 1 process, kafka-python", _KP2, _KP, "events", 1.8),
+    ("2 processes ÷ 1 process, confluent", _CF2, _CF, "events", 1.8),
+)
+
+
+def _pick(runs: list[dict], kind: str, client: str, processes: int) -> dict | None:
+    """The run of that kind, client and process count (a pipeline: with 1 thread per process)."""
+    return next((r for r in runs if r["kind"] == kind and client_of(r) == client
+                 and r.get("processes", 1) == processes and r.get("threads", 1) == 1), None)
+
+
+def peer_ratios(runs: list[dict]) -> list[dict]:
+    """The PEER_RATIOS whose two runs are both in ``runs``: value, goal and whether it is met."""
+    measures = {"events": "events_per_s", "rss": "peak_rss_mib"}
+    ratios = []
+    for name, top, bottom, measure, goal in PEER_RATIOS:
+        a, b = _pick(runs, *top), _pick(runs, *bottom)
+        if not a or not b or not b[measures[measure]]:
+            continue
+        value = round(a[measures[measure]] / b[measures[measure]], 3)
+        ratios.append({"name": name, "value": value, "goal": goal, "measure": measure,
+                       "met": value >= goal, "of": [a["label"], b["label"]]})
     return ratios
 
 
@@ -129,8 +174,8 @@ def _throughput_section(report: dict) -> list[str]:
         "",
         f"Preload (generator library, full speed): {pre['events_per_s']:,.0f} events/s.",
         "",
-        "| run | events/s | MB/s | CPU s / M events | peak RSS MiB | ÷ pass-through | ÷ consume-only "
-        "| ÷ pipeline, 1 thread |",
+        "| run | events/s | MB/s | CPU s / M events | peak RSS MiB | ÷ pass-through, same client "
+        "| ÷ consume-only | ÷ pipeline, 1 thread, same client |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["runs"]:
@@ -145,22 +190,86 @@ def _throughput_section(report: dict) -> list[str]:
               "process (start-up included; for the pipeline also its 2 s idle stop; with --processes: "
               "CPU of every process, RSS of the largest). " + _load_line(report["machine"])]
     for r in report["runs"]:
+        if r["kind"] in ("pass-through", "quix") and "accounting_ok" in r:
+            lines.append(_peer_accounting(r))
         if r["kind"] != "pipeline":
             continue
         ok = "ok" if r["accounting_ok"] else "MISMATCH"
         if r.get("processes", 1) > 1:
             split = " + ".join(f"p{p['process']} {p['consumed']:,}" for p in r["per_process"])
-            lines.append(f"Pipeline {r['processes']} processes: consumed {r['consumed']:,} ({split}) = "
+            lines.append(f"{r['label'].capitalize()}: consumed {r['consumed']:,} ({split}) = "
                          f"processed {r['processed']:,} + filtered {r['filtered']:,} + dead-lettered "
                          f"{r['dead_lettered']:,}; the group's changelogs count {_num(r['group_events'])} "
                          f"events; accounting {ok}.")
         else:
-            lines.append(f"Pipeline {r['threads']} thread(s): consumed {r['consumed']:,} = processed "
+            lines.append(f"{r['label'].capitalize()}: consumed {r['consumed']:,} = processed "
                          f"{r['processed']:,} + filtered {r['filtered']:,} + dead-lettered "
                          f"{r['dead_lettered']:,}; accounting {ok}.")
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
-    return lines
+    return lines + _ratios_section(report.get("peer_ratios") or []) + _cpu_split_section(report["runs"])
+
+
+def _peer_accounting(r: dict) -> str:
+    ok = "ok" if r["accounting_ok"] else "MISMATCH"
+    if r["kind"] == "quix":
+        return (f"{r['label']}: consumed {r['consumed']:,} = kept {r['valid']:,} + filtered "
+                f"{r['filtered']:,} + invalid, dropped {r['invalid']:,}; output topic "
+                f"{r['output_records']:,}; accounting {ok}.")
+    return (f"{r['label'].capitalize()}: consumed {r['consumed']:,}, output topic {r['output_records']:,}; "
+            f"accounting {ok}.")
+
+
+def _ratios_section(ratios: list[dict]) -> list[str]:
+    """The ratios issue 14 sets goals for, those whose two runs ran."""
+    if not ratios:
+        return []
+    lines = ["", "### Ratios in this run, against the goals", "",
+             "| ratio | value | goal | met |", "|---|---:|---:|---|"]
+    for r in ratios:
+        goal = f"≥ {r['goal']:g}" if r["measure"] == "events" else f"≥ {r['goal']:g} (≤ 1/{r['goal']:g})"
+        lines.append(f"| {r['name']} | {r['value']:.2f} | {goal} | {'yes' if r['met'] else 'no'} |")
+    return [*lines, "", "events/s over events/s, first record to last done; RSS: peak RSS of each run's "
+                        "process (with --processes: the largest process's)."]
+
+
+def _cpu_split_section(runs: list[dict]) -> list[str]:
+    """Where a run stops: the machine's cores over each run, split into the run, the broker and the rest."""
+    rows = [r for r in runs if r.get("machine")]
+    if not rows:
+        return []
+    cores = rows[0]["machine"]["cores"]
+    lines = ["", f"### Where it stops: the {cores} cores during each run", "",
+             "Average cores busy over the run's whole life (start-up and idle stop included), from the "
+             "machine's CPU counters: the run (every process of it), the broker, and everything else "
+             "(other programs on the machine).", "",
+             "| run | events/s | machine busy % | run cores | broker cores | other cores "
+             "| load average at end |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        m = r["machine"]
+        lines.append(f"| {r['label']} | {_num(r['events_per_s'])} | {_num(m['machine_busy_pct'], '.0f')} | "
+                     f"{_num(m['run_cores_busy'], '.2f')} | {_num(m['broker_cores_busy'], '.2f')} | "
+                     f"{_num(m['other_cores_busy'], '.2f')} | {', '.join(map(str, m['load_average']))} |")
+    verdict = stop_verdict(runs)
+    return lines + (["", verdict] if verdict else [])
+
+
+def stop_verdict(runs: list[dict]) -> str | None:
+    """One line on the 2-process run: does it stop at the cores (the machine near saturation) or
+    before them?"""
+    two = next((r for r in runs if r["kind"] == "pipeline" and r.get("processes", 1) > 1
+                and client_of(r) == "kafka-python" and r.get("machine")), None)
+    if two is None:
+        return None
+    m = two["machine"]
+    ceiling = "at the cores" if m["machine_busy_pct"] >= 90 else "before the cores"
+    broker = "" if m["broker_cores_busy"] is None else f", the broker {m['broker_cores_busy']:.2f}"
+    return (f"{two['label'].capitalize()}: the machine was {m['machine_busy_pct']:.0f} % busy "
+            f"({m['machine_cores_busy']:.2f} of {m['cores']} cores: the pipeline {m['run_cores_busy']:.2f}"
+            f"{broker}, the rest {m['other_cores_busy']:.2f}), so it stops {ceiling}: "
+            + ("more processes would only share the same cores." if ceiling == "at the cores" else
+               "the cores were not all busy, so CPU alone does not limit it."))
 
 
 def _state_section(report: dict) -> list[str]:
@@ -359,6 +468,13 @@ def compare_markdown(report: dict) -> str:
 
 # --- chart and files -------------------------------------------------------------------------
 
+def _bar_color(run: dict) -> str:
+    """The pipeline red (orange on confluent-kafka), Java blue, the Quix app green, the rest grey."""
+    if run["kind"] == "pipeline":
+        return "#ff7f0e" if client_of(run) == "confluent" else "#d62728"
+    return {"java": "#1f77b4", "quix": "#2ca02c"}.get(run["kind"], "#7f7f7f")
+
+
 def chart(report: dict, path: Path) -> bool:
     """events/s per run as a horizontal bar chart; False when matplotlib is missing."""
     try:
@@ -371,8 +487,7 @@ def chart(report: dict, path: Path) -> bool:
     runs = report["runs"]
     labels = [r["label"] for r in runs][::-1]
     rates = [r["events_per_s"] for r in runs][::-1]
-    colors = ["#d62728" if r["kind"] == "pipeline" else "#1f77b4" if r["kind"] == "java" else "#7f7f7f"
-              for r in runs][::-1]
+    colors = [_bar_color(r) for r in runs][::-1]
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(runs) + 1.6))
     bars = ax.barh(labels, rates, color=colors)
     top = max(rates) if rates else 1
@@ -396,13 +511,17 @@ def chart(report: dict, path: Path) -> bool:
 
 def write_outputs(report: dict, out_dir: Path) -> list[Path]:
     """bench-<time>.json, and latest.{json,md,png}; a run of some steps only (--only, --skip) writes
-    bench-<time>.{json,md} instead, so latest.* stays the last full run's."""
+    bench-<time>.{json,md} (and .png when it has throughput runs) instead, so latest.* stays the
+    last full run's."""
     stamp = report["run_id"].rsplit("-", 1)[0]
     text = json.dumps(report, indent=2, default=str) + "\n"
     if report.get("partial"):
         paths = [out_dir / f"bench-{stamp}.json", out_dir / f"bench-{stamp}.md"]
         paths[0].write_text(text)
         paths[1].write_text(markdown(report))
+        png = out_dir / f"bench-{stamp}.png"
+        if report["runs"] and chart(report, png):  # e.g. --only peers: its own chart
+            paths.append(png)
         return paths
     paths = [out_dir / f"bench-{stamp}.json", out_dir / "latest.json", out_dir / "latest.md"]
     paths[0].write_text(text)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loginpipe.benchmark.common import MB, say
-from loginpipe.benchmark.process import Child, ChildResult, stop_live_children
+from loginpipe.benchmark.process import Child, ChildResult, MachineUsage, stop_live_children
 from loginpipe.errors import UserError
 from loginpipe.kafka.admin import admin_client, delete_topics, ensure_topics
 from loginpipe.local.broker import DEFAULT_HOME, ensure_jars
@@ -243,7 +243,12 @@ def step_pass_through(bench: Bench, topic: str, client: str) -> dict | None:
         "pass-through", "--bootstrap-servers", bench.bootstrap, "--topic", topic, "--count", str(args.events),
         "--group", bench.group(suffix), "--output-topic", out_topic, "--client", client), bench.log_dir)
     row = python_run(bench, label, "pass-through", child)
+    row["client"] = client  # the child says "confluent-kafka": one name per client in every row
     row["output_records"] = sum(end_offsets(bench.bootstrap, out_topic).values())
+    # every input record copied (at least once: a re-sent one may be there twice)
+    row["accounting_ok"] = row["consumed"] == args.events and row["output_records"] >= row["consumed"]
+    say(f"      output topic {row['output_records']:,}; "
+        f"accounting {'ok' if row['accounting_ok'] else 'MISMATCH'}")
     return row
 
 
@@ -291,41 +296,69 @@ def check_accounting(bench: Bench, row: dict, out: str, dlq: str, events: int | 
         f"accounting {'ok' if row['accounting_ok'] else 'MISMATCH'}")
 
 
-def step_pipeline(bench: Bench, topic: str, threads: int) -> dict:
-    bench.announce(f"the pipeline, --threads {threads}")
-    out, dlq = pipeline_topics(bench, f"t{threads}")
-    group = bench.group(f"t{threads}")
-    cmd = drain_command(bench, topic, out, dlq, group,
-                        *snapshot_topic_flags(bench, f"t{threads}"), "--threads", str(threads))
-    row = python_run(bench, f"pipeline, {threads} thread{'s' if threads > 1 else ''}", "pipeline",
-                     Child(f"pipeline t{threads}", cmd, bench.log_dir), threads=threads, processes=1,
-                     group=group)
+CLIENT_FLAG_RE = re.compile(r"--client(?![-\w])")  # --client, not --client-config
+
+
+def client_label(client: str) -> str:
+    """How a run's label names its Kafka client: nothing for the default (kafka-python)."""
+    return "" if client == "kafka-python" else f", {client}"
+
+
+def client_suffix(client: str) -> str:
+    return "" if client == "kafka-python" else "c"
+
+
+def client_flags(client: str) -> list[str]:
+    """The pipeline's flags choosing ``client``: none for the default, so older versions run too."""
+    return [] if client == "kafka-python" else ["--client", client]
+
+
+def step_pipeline(bench: Bench, topic: str, threads: int, client: str = "kafka-python") -> dict:
+    threads_text = f"{threads} thread{'s' if threads > 1 else ''}"
+    label = (f"pipeline, {threads_text}" if client == "kafka-python"
+             else f"pipeline, 1 process{client_label(client)}" if threads == 1
+             else f"pipeline, {threads_text}{client_label(client)}")
+    suffix = f"t{threads}{client_suffix(client)}"
+    bench.announce(f"the pipeline, --threads {threads}"
+                   + (f" --client {client}" if client_flags(client) else ""))
+    out, dlq = pipeline_topics(bench, suffix)
+    group = bench.group(suffix)
+    cmd = drain_command(bench, topic, out, dlq, group, *snapshot_topic_flags(bench, suffix),
+                        "--threads", str(threads), *client_flags(client))
+    usage = MachineUsage.start(bench.bootstrap)
+    row = python_run(bench, label, "pipeline", Child(f"pipeline {suffix}", cmd, bench.log_dir),
+                     threads=threads, processes=1, group=group, client=client)
+    row["machine"] = usage.finish(row["cpu_s"])
     check_accounting(bench, row, out, dlq)
     row["state_topics"] = state_topic_usage(bench, group, out)
     return row
 
 
-def step_pipeline_processes(bench: Bench, topic: str, processes: int) -> dict:
+def step_pipeline_processes(bench: Bench, topic: str, processes: int, client: str = "kafka-python") -> dict:
     """The pipeline with ``--processes N`` (one thread each, one group) on the same input: the
     rate over the longest process's first-to-last-record span, the processes' counts added up."""
-    bench.announce(f"the pipeline, --processes {processes} (1 thread each, one group)")
-    suffix = f"p{processes}"
+    bench.announce(f"the pipeline, --processes {processes} (1 thread each, one group)"
+                   + (f" --client {client}" if client_flags(client) else ""))
+    suffix = f"p{processes}{client_suffix(client)}"
     out, dlq = pipeline_topics(bench, suffix)
     group = bench.group(suffix)
     cmd = drain_command(bench, topic, out, dlq, group, *snapshot_topic_flags(bench, suffix),
-                        "--threads", "1", "--processes", str(processes))
-    child = Child(f"pipeline p{processes}", cmd, bench.log_dir)
+                        "--threads", "1", "--processes", str(processes), *client_flags(client))
+    usage = MachineUsage.start(bench.bootstrap)
+    child = Child(f"pipeline {suffix}", cmd, bench.log_dir)
     result = child.wait(bench.timeout_s(bench.args.events)).check()
     per = parse_process_summaries(result.stdout, processes, result.tail())
     consumed = sum(p["consumed"] for p in per)
     busy_s = max(p["busy_s"] for p in per)
     group_events = GROUP_EVENTS_RE.search(result.stdout)
-    row = throughput_row(f"pipeline, {processes} processes", "pipeline", consumed, busy_s, result,
-                         bench.value_bytes, bench.args.events, threads=1, processes=processes, group=group,
+    row = throughput_row(f"pipeline, {processes} processes{client_label(client)}", "pipeline", consumed,
+                         busy_s, result, bench.value_bytes, bench.args.events, threads=1, processes=processes,
+                         group=group, client=client,
                          processed=sum(p["processed"] for p in per), filtered=sum(p["filtered"] for p in per),
                          dead_lettered=sum(p["dead_lettered"] for p in per),
                          resent=sum(p["resent"] or 0 for p in per), per_process=per,
                          group_events=int(group_events.group(1).replace(",", "")) if group_events else None)
+    row["machine"] = usage.finish(row["cpu_s"])
     say(f"      {consumed:,} records (" + " + ".join(f"p{p['process']} {p['consumed']:,}" for p in per)
         + f"), the longest process {busy_s:.2f}s: {row['events_per_s']:,.0f} events/s, "
         f"{row['cpu_s_per_million']} CPU s per million (all processes), peak RSS "

@@ -1,11 +1,15 @@
 """A small run of the benchmark (python -m loginpipe.benchmark) against the session's broker.
 
 Checks that every step runs, writes its results and cleans up after itself; no timing assertions.
+The peers step's Quix Streams app needs its own virtual environment (about 150 MB, made on first
+use): it is left out (--quix skip) unless BENCH_TEST_QUIX=1.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 
 import pytest
 
@@ -16,16 +20,21 @@ pytestmark = pytest.mark.integration
 
 EVENTS = 20_000
 RESTORE_USERS = 20_000
+WITH_QUIX = os.environ.get("BENCH_TEST_QUIX") == "1"
+# The peers' confluent-kafka runs need it installed (the confluent extra); without it they are
+# skipped with a note, which is checked too.
+HAS_CONFLUENT = importlib.util.find_spec("confluent_kafka") is not None
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420 if WITH_QUIX else 300)
 def test_small_benchmark_runs_every_step(bootstrap: str, tmp_path) -> None:
     result = run_cli(
         "-m", "loginpipe.benchmark", "--bootstrap-servers", bootstrap, "--events", str(EVENTS),
         "--latency-seconds", "5", "--latency-rate", "1000", "--memory-users", "10000,50000",
         "--threads-list", "1", "--processes", "2", "--restore-users", str(RESTORE_USERS),
         "--guarantee-intervals", "100", "--guarantee-rounds", "1", "--guarantee-latency-seconds", "2",
-        "--out-dir", str(tmp_path), timeout_s=220,
+        "--quix", "auto" if WITH_QUIX else "skip", "--out-dir", str(tmp_path),
+        timeout_s=400 if WITH_QUIX else 280,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -48,7 +57,7 @@ def test_small_benchmark_runs_every_step(bootstrap: str, tmp_path) -> None:
     assert preload["value_bytes"] > 0
 
     runs = {run["kind"]: run for run in report["runs"]}
-    assert set(runs) == {"java", "consume-only", "pass-through", "pipeline"}
+    assert set(runs) == {"java", "consume-only", "pass-through", "pipeline", *(["quix"] if WITH_QUIX else [])}
     for run in report["runs"]:
         assert run["consumed"] == EVENTS, run["label"]
         assert run["events_per_s"] > 0, run["label"]
@@ -56,9 +65,17 @@ def test_small_benchmark_runs_every_step(bootstrap: str, tmp_path) -> None:
         assert run["cpu_s_per_million"] > 0, run["label"]
         assert run["peak_rss_mib"] > 0, run["label"]
 
-    assert runs["pass-through"]["output_records"] >= EVENTS
+    passes = [run for run in report["runs"] if run["kind"] == "pass-through"]
+    clients = ["kafka-python", "confluent"] if HAS_CONFLUENT else ["kafka-python"]
+    assert [run["client"] for run in passes] == clients
+    for run in passes:
+        assert run["output_records"] >= EVENTS and run["accounting_ok"], run["label"]
     pipelines = [run for run in report["runs"] if run["kind"] == "pipeline"]
-    assert [(run["threads"], run["processes"]) for run in pipelines] == [(1, 1), (1, 2)]
+    drains = [(run["threads"], run["processes"], run["client"]) for run in pipelines]
+    confluent_drains = [(1, 1, "confluent"), (1, 2, "confluent")] if HAS_CONFLUENT else []
+    assert drains == [(1, 1, "kafka-python"), (1, 2, "kafka-python"), *confluent_drains], report["notes"]
+    if not HAS_CONFLUENT:
+        assert any("confluent-kafka pass-through skipped" in note for note in report["notes"])
     for pipeline in pipelines:
         assert pipeline["accounting_ok"], pipeline["label"]
         assert pipeline["processed"] + pipeline["filtered"] + pipeline["dead_lettered"] == EVENTS
@@ -73,9 +90,27 @@ def test_small_benchmark_runs_every_step(bootstrap: str, tmp_path) -> None:
         assert state["repartition"]["records"] >= pipeline["processed"]
         assert state["changelog"]["records"] > 0 and state["device_changelog"]["records"] > 0
         assert state["changelogs"]["bytes_per_event"] > 0
-    single, two = pipelines
+        machine = pipeline["machine"]  # where it stops: the cores over the run
+        assert machine["cores"] >= 1 and machine["run_cores_busy"] > 0, pipeline["label"]
+        assert machine["machine_cores_busy"] >= machine["other_cores_busy"]
+    single, two = pipelines[:2]
     assert "vs_one_process" not in single
     assert two["vs_one_process"] > 0
+    ratios = {ratio["name"]: ratio for ratio in report["peer_ratios"]}
+    assert ratios["2 processes ÷ 1 process, kafka-python"]["value"] == round(
+        two["events_per_s"] / single["events_per_s"], 3)
+    assert "### Ratios in this run, against the goals" in result.stdout
+    assert "### Where it stops" in result.stdout
+    if HAS_CONFLUENT:
+        assert ratios["confluent pipeline ÷ confluent pass-through"]["value"] > 0
+    if WITH_QUIX:
+        quix = runs["quix"]
+        assert quix["accounting_ok"], quix
+        assert quix["valid"] + quix["filtered"] + quix["invalid"] == EVENTS
+        assert quix["output_records"] >= quix["valid"] > 0
+        assert ratios["kafka-python pipeline ÷ Quix app"]["value"] > 0
+    else:
+        assert "Quix Streams app skipped (--quix skip)" in report["notes"]
     assert [p["process"] for p in two["per_process"]] == [0, 1]
     assert sum(p["consumed"] for p in two["per_process"]) == EVENTS
     assert two["group_events"] == two["processed"] == single["processed"]
@@ -117,6 +152,28 @@ def test_small_benchmark_runs_every_step(bootstrap: str, tmp_path) -> None:
     finally:
         admin.close()
     assert leftovers == [], "the benchmark's topics were not deleted"
+
+
+@pytest.mark.timeout(200)
+def test_peers_alone_run_on_their_own_preloaded_input(bootstrap: str, tmp_path) -> None:
+    """--only peers (make bench-peers): the peers and the kafka-python runs they are compared with,
+    nothing else; its own bench-<time>.{json,md,png}, latest.* untouched."""
+    result = run_cli("-m", "loginpipe.benchmark", "--bootstrap-servers", bootstrap, "--events", "5000",
+                     "--only", "peers", "--processes", "1", "--quix", "skip", "--out-dir", str(tmp_path),
+                     timeout_s=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (json_path,) = tmp_path.glob("bench-*.json")
+    assert json_path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "latest.json").exists()
+    report = json.loads(json_path.read_text())
+    assert report["steps"] == ["peers"] and report["partial"]
+    labels = [run["label"] for run in report["runs"]]
+    expected = ["kafka-python pass-through", "confluent-kafka pass-through", "pipeline, 1 thread",
+                "pipeline, 1 process, confluent"]
+    assert labels == (expected if HAS_CONFLUENT else [expected[0], expected[2]]), report["notes"]
+    assert all(run["consumed"] == 5000 and run["accounting_ok"] for run in report["runs"])
+    assert "restore" not in report and "latency" not in report
+    assert "[6/6] Quix Streams" in result.stdout  # every announced step counted, skipped ones too
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path) -> None:
