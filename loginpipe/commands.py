@@ -1,6 +1,6 @@
 """The ``loginpipe`` command (and ``python -m loginpipe``): one entry point for every tool.
 
-    loginpipe run | consume | topics | generate | broker | dashboard | query | dlq | bench | tail
+    loginpipe run | consume | topics | generate | broker | registry | dashboard | query | dlq | bench | tail
     loginpipe --version
 
 Each subcommand is a module's ``main(argv)``, imported only when it runs: ``--version`` and
@@ -31,6 +31,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "topics": Subcommand("loginpipe.topics", "create the pipeline's topics"),
     "generate": Subcommand("loginpipe.local.generator", "send synthetic login events"),
     "broker": Subcommand("loginpipe.local.broker", "a local Kafka broker: start, stop, status, logs, fetch"),
+    "registry": Subcommand("loginpipe.local.registry",
+                           "a local schema registry (Confluent API): start, stop, status, logs, fetch"),
     "dashboard": Subcommand("loginpipe.dashboard.cli",
                             "the live dashboard in a browser (loginpipe[dashboard])"),
     "query": Subcommand("loginpipe.query", "the group's exact totals, per user or per device"),

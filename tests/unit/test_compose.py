@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from loginpipe.local import registry
 from loginpipe.local.broker import DEFAULT_PORT
 from loginpipe.topics import TOPICS
 
@@ -21,12 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CONSUMER_SCRIPT = "create_kafka_consumer.py"
 BROKER_SERVICE = "kafka"
+REGISTRY_SERVICE = "schema-registry"
+REGISTRY_CONTAINER_PORT = 8080  # Apicurio's image listens there unless QUARKUS_HTTP_PORT says otherwise
 # How the code declares an environment variable: add_env_argument("--flag", env="NAME", ...), or,
 # for one read without a flag (a secret), a module constant SOMETHING_ENV = "NAME".
 ENV_DECLARATION = re.compile(r"""(?:\benv|_ENV)\s*=\s*["']([A-Z][A-Z0-9_]*)["']""")
 # The settings each third-party image reads (environment variable prefixes).
 IMAGE_SETTINGS = {
     "apache/kafka": ("KAFKA_", "CLUSTER_ID"),  # Kafka properties, plus the KRaft cluster id
+    "apicurio/apicurio-registry-mem": ("REGISTRY_", "QUARKUS_", "JAVA_OPTS"),  # Quarkus config as env
     "grafana/grafana": ("GF_",),
     "obsidiandynamics/kafdrop": ("KAFKA_BROKERCONNECT", "JVM_OPTS", "SERVER_"),
     "prom/prometheus": (),
@@ -286,3 +290,30 @@ def test_dockerignore_keeps_local_state_out() -> None:
     missing = {".venv", ".kafka", ".git", "tests"} - entries
     assert not missing, f".dockerignore should exclude {sorted(missing)}"
     assert not {"loginpipe", "requirements.txt"} & entries, ".dockerignore excludes what the image needs"
+
+
+def registry_container_port(services: dict) -> int:
+    return int(environment(services[REGISTRY_SERVICE]).get("QUARKUS_HTTP_PORT", REGISTRY_CONTAINER_PORT))
+
+
+def test_the_schema_registry_is_the_one_the_local_command_builds(services: dict) -> None:
+    image, _, tag = services[REGISTRY_SERVICE]["image"].partition(":")
+    assert image == "apicurio/apicurio-registry-mem"
+    assert tag == registry.apicurio_version(), "compose and loginpipe.local.registry should run one version"
+    env = environment(services[REGISTRY_SERVICE])
+    assert env.get("REGISTRY_RULES_GLOBAL_COMPATIBILITY") == registry.GLOBAL_COMPATIBILITY
+
+
+def test_the_schema_registry_host_port_is_the_local_registry_default(services: dict) -> None:
+    ports = published_ports(services[REGISTRY_SERVICE])
+    container_port = registry_container_port(services)
+    assert ports.get(registry.DEFAULT_PORT) == container_port, (
+        f"{REGISTRY_SERVICE} publishes {ports}, not {registry.DEFAULT_PORT} -> {container_port}")
+
+
+def test_the_schema_registry_healthcheck_asks_the_confluent_api(services: dict) -> None:
+    test = services[REGISTRY_SERVICE].get("healthcheck", {}).get("test", [])
+    words = test.split() if isinstance(test, str) else test
+    container_port = registry_container_port(services)
+    assert f"http://localhost:{container_port}{registry.API_PATH}/subjects" in words
+    assert any(word.startswith("-f") for word in words), "curl must fail on an HTTP error"
