@@ -28,7 +28,13 @@ from loginpipe.benchmark.guarantees import (
     WARMUP_S,
     step_guarantees,
 )
-from loginpipe.benchmark.peers import DEFAULT_QUIX_VENV, QUIX_VERSION, step_pipeline_confluent, step_quix
+from loginpipe.benchmark.peers import (
+    DEFAULT_QUIX_VENV,
+    QUIX_VERSION,
+    confluent_missing,
+    step_pipeline_confluent,
+    step_quix,
+)
 from loginpipe.benchmark.report import add_ratios, describe_machine, markdown, peer_ratios, write_outputs
 from loginpipe.benchmark.steps import (
     Bench,
@@ -157,7 +163,8 @@ def count_announcements(args, steps: list[str]) -> int:
         drains = 5 + len(args.threads_list) + more + (bool(args.with_confluent) and not peers) + peer_runs
     else:  # peers alone: preload, kafka-python pass-through, pipeline 1 thread (and N processes)
         drains = 3 + more + peer_runs if peers else 0
-    per_step = {"restore": int(args.restore_users > 0), "latency": 1, "guarantees": 2, "memory": 1}
+    latency_runs = 1 + (confluent_missing() is None) if "latency" in steps else 0
+    per_step = {"restore": int(args.restore_users > 0), "latency": latency_runs, "guarantees": 2, "memory": 1}
     return drains + sum(per_step.get(step, 0) for step in steps)
 
 
@@ -176,6 +183,11 @@ def _run_steps(bench: Bench, report: dict, steps: list[str]) -> None:
         _restore_synthetic(bench, report)
     if "latency" in steps:
         report["latency"] = step_latency(bench)
+        missing = confluent_missing()
+        if missing is None:  # the same run on the confluent client, when it is installed
+            report["latency_confluent"] = step_latency(bench, client="confluent")
+        else:
+            report["notes"].append(f"latency on the confluent client skipped: {missing}")
     if "guarantees" in steps:
         report["guarantees"] = step_guarantees(bench)
     if "memory" in steps:

@@ -135,8 +135,9 @@ def markdown(report: dict) -> str:
         lines += ["", _load_line(report["machine"]), *(f"Note: {note}" for note in report.get("notes", []))]
     if any(r.get("state_topics") for r in report["runs"]) or report.get("restore"):
         lines += _state_section(report)
-    if report.get("latency"):
-        lines += _latency_section(report["latency"])
+    for key in ("latency", "latency_confluent"):
+        if report.get(key):
+            lines += _latency_section(report[key])
     if report.get("guarantees"):
         lines += _guarantees_section(report["guarantees"])
     if report.get("memory"):
@@ -324,7 +325,8 @@ def _state_section(report: dict) -> list[str]:
 def _latency_section(lat: dict) -> list[str]:
     return [
         "",
-        f"## Latency: pipeline ({lat['threads']} threads), {lat['offered_rate']:,g} events/s offered for "
+        f"## Latency: pipeline ({lat['threads']} threads, {lat.get('client', 'kafka-python')} client), "
+        f"{lat['offered_rate']:,g} events/s offered for "
         f"{lat['seconds']:g}s",
         "",
         f"Input record's {lat['timestamps']} to output record's {lat['timestamps']}, joined on "

@@ -709,23 +709,29 @@ def latency_topics(bench: Bench, prefix: str) -> tuple[str, str, str]:
     return src, out, dlq
 
 
-def step_latency(bench: Bench) -> dict:
+def step_latency(bench: Bench, client: str = "kafka-python") -> dict:
     args = bench.args
     threads = args.latency_threads
     count = max(1, round(args.latency_rate * args.latency_seconds))
-    bench.announce(f"latency: the pipeline ({threads} thread{'s' if threads > 1 else ''}) with the generator "
-                   f"at {args.latency_rate:,g} events/s for {args.latency_seconds:g}s ({count:,} events)")
+    who = f"{threads} thread{'s' if threads > 1 else ''}{client_label(client)}"
+    bench.announce(f"latency: the pipeline ({who}) with the generator at {args.latency_rate:,g} events/s "
+                   f"for {args.latency_seconds:g}s "
+                   f"({count:,} events)")
     ts_type = timestamp_type(args)
-    src, out, dlq = latency_topics(bench, "lat")
-    group = bench.group("lat")
-    pipeline, join = start_latency_pipeline(bench, src, out, dlq, group)
+    name = "lat" + client_suffix(client)
+    src, out, dlq = latency_topics(bench, name)
+    group = bench.group(name)
+    pipeline, join = start_latency_pipeline(bench, src, out, dlq, group,
+                                            name="latency" + client_suffix(client),
+                                            flags=tuple(client_flags(client)))
     achieved = produce_at_rate(bench, src, count)
     result = drain_and_stop(bench, pipeline, group, src, count)
     summary = SUMMARY_RE.search(result.stdout)
     consumed = int(summary.group(1).replace(",", "")) if summary else None
     latencies, unmatched, inputs = join_latencies(bench.bootstrap, src, out)
     row = {
-        "threads": threads, "offered_rate": args.latency_rate, "seconds": args.latency_seconds,
+        "client": client, "threads": threads, "offered_rate": args.latency_rate,
+        "seconds": args.latency_seconds,
         "produced": count, "generator_rate": achieved, "pipeline_consumed": consumed,
         "timestamps": ts_type, "input_records": inputs, "outputs_joined": len(latencies),
         "outputs_unmatched": unmatched, "group_first_stable_s": round(join.first_stable_s or 0.0, 2),
