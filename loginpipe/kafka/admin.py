@@ -20,7 +20,7 @@ from loginpipe.kafka.base import is_authorization_failure
 from loginpipe.kafka.failures import explain, forget, watch
 from loginpipe.kafka.settings import Connection, kafka_options
 from loginpipe.topics import plural
-from loginpipe.waiting import wait_until
+from loginpipe.waiting import any_reachable, wait_until
 
 if TYPE_CHECKING:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -231,6 +231,29 @@ def start_group_at_end(where: str | Connection, group_id: str, topic: str) -> in
         return 0
     finally:
         consumer.close()
+
+
+class AdminOperations:
+    """The backends' administration (``base.Backend``: topics, the ACL check, start offsets),
+    on kafka-python for either client: kafka-python is always installed, and these run once, at
+    start, where librdkafka would gain nothing."""
+
+    def topic_partitions(self, connection: Connection, names: Sequence[str]) -> dict[str, int]:
+        return describe_partitions(connection, list(names))
+
+    def create_topics(self, connection: Connection, specs: Sequence[TopicLike], partitions: int) -> None:
+        failed = [r.describe() for r in ensure_topics(connection, specs, partitions) if not r.ok]
+        if failed:
+            raise UserError("; ".join(failed))
+
+    def missing_permissions(self, connection: Connection, wanted: dict[str, list[str]]) -> list[str]:
+        return missing_permissions(connection, wanted)
+
+    def start_group_at_end(self, connection: Connection, group_id: str, topic: str) -> int:
+        return start_group_at_end(connection, group_id, topic)
+
+    def reachable(self, connection: Connection) -> bool:
+        return any_reachable(Connection.of(connection).bootstrap_servers)
 
 
 def delete_topics(bootstrap_servers: str | Connection, names: list[str]) -> None:

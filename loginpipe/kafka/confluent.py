@@ -32,8 +32,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import TopicPartition as ConfluentTopicPartition
 
-from loginpipe.errors import UserError
-from loginpipe.kafka.admin import describe_partitions, ensure_topics, missing_permissions, start_group_at_end
+from loginpipe.kafka.admin import AdminOperations
 from loginpipe.kafka.base import (
     ClientError,
     CommitRejected,
@@ -44,7 +43,6 @@ from loginpipe.kafka.base import (
     TopicPartition,
 )
 from loginpipe.kafka.settings import Connection
-from loginpipe.waiting import any_reachable
 
 # the same as kafka_python.py's: see there why
 TRANSACTION_TIMEOUT_MS = 15_000
@@ -222,8 +220,9 @@ def adapt(messages: Sequence[Message]) -> tuple[dict[TopicPartition, list[Record
     return polled, error
 
 
-class ConfluentBackend:
-    """Clients with kafka_python.py's measured settings (README, Performance), on librdkafka."""
+class ConfluentBackend(AdminOperations):
+    """Clients with kafka_python.py's measured settings (README, Performance), on librdkafka;
+    administration on kafka-python (``AdminOperations``)."""
 
     def consumer(self, config, index: int) -> ConfluentConsumer:
         try:
@@ -248,26 +247,6 @@ class ConfluentBackend:
             return ConfluentReader(Consumer(reader_options(config)))
         except KafkaException as exc:
             raise client_error(exc) from exc
-
-    # Administration: the kafka-python functions of admin.py (kafka-python is always installed;
-    # these run once at start-up, so librdkafka would gain nothing here).
-
-    def topic_partitions(self, connection: Connection, names: Sequence[str]) -> dict[str, int]:
-        return describe_partitions(connection, list(names))
-
-    def create_topics(self, connection: Connection, specs: Sequence, partitions: int) -> None:
-        failed = [r.describe() for r in ensure_topics(connection, specs, partitions) if not r.ok]
-        if failed:
-            raise UserError("; ".join(failed))
-
-    def missing_permissions(self, connection: Connection, wanted: dict[str, list[str]]) -> list[str]:
-        return missing_permissions(connection, wanted)
-
-    def start_group_at_end(self, connection: Connection, group_id: str, topic: str) -> int:
-        return start_group_at_end(connection, group_id, topic)
-
-    def reachable(self, connection: Connection) -> bool:
-        return any_reachable(Connection.of(connection).bootstrap_servers)
 
 
 class ConfluentConsumer:

@@ -12,8 +12,7 @@ from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from loginpipe.errors import UserError
-from loginpipe.kafka.admin import describe_partitions, ensure_topics, missing_permissions, start_group_at_end
+from loginpipe.kafka.admin import AdminOperations
 from loginpipe.kafka.base import (
     ClientError,
     CommitRejected,
@@ -24,9 +23,8 @@ from loginpipe.kafka.base import (
     TopicPartition,
     is_authorization_failure,
 )
-from loginpipe.kafka.settings import Connection, kafka_options
+from loginpipe.kafka.settings import kafka_options
 from loginpipe.topics import InternalTopics
-from loginpipe.waiting import any_reachable
 
 FORCE_CLOSE_JOIN_S = 5.0
 # While this member rejoins its group, a poll waits this long at least (see _unstick_rejoin):
@@ -38,7 +36,7 @@ REJOIN_POLL_MS = 3_000  # a force-closed I/O thread ends within milliseconds; ne
 TRANSACTION_TIMEOUT_MS = 15_000
 
 
-class KafkaPythonBackend:
+class KafkaPythonBackend(AdminOperations):
     """Clients with the settings chosen by measurement (README, Performance)."""
 
     def consumer(self, config, index: int) -> KafkaPythonConsumer:
@@ -111,23 +109,6 @@ class KafkaPythonBackend:
             ))
         except KafkaError as exc:
             raise _refused(exc, repr(exc)) from exc
-
-    def topic_partitions(self, connection: Connection, names: Sequence[str]) -> dict[str, int]:
-        return describe_partitions(connection, list(names))
-
-    def create_topics(self, connection: Connection, specs: Sequence, partitions: int) -> None:
-        failed = [r.describe() for r in ensure_topics(connection, specs, partitions) if not r.ok]
-        if failed:
-            raise UserError("; ".join(failed))
-
-    def missing_permissions(self, connection: Connection, wanted: dict[str, list[str]]) -> list[str]:
-        return missing_permissions(connection, wanted)
-
-    def start_group_at_end(self, connection: Connection, group_id: str, topic: str) -> int:
-        return start_group_at_end(connection, group_id, topic)
-
-    def reachable(self, connection: Connection) -> bool:
-        return any_reachable(Connection.of(connection).bootstrap_servers)
 
 
 def _refused(exc: BaseException, text: str) -> Exception:
