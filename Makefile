@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 LOCK   := requirements.lock
 # Every install takes its versions, transitive ones included, from the lock.
 INSTALL := $(PY) -m pip install --quiet --constraint $(LOCK)
-# `make run` needs the package (editable: code changes need no reinstall) with the dashboard;
+# `make run` needs the package (editable: code changes need no reinstall) with the dashboard and
+# Avro (fastavro: `make run AVRO=1`);
 # `make test` adds the development tools. Each set has its stamp, so `make test` after `make run`
 # installs only what is missing.
 RUN_STAMP := $(VENV)/.installed-run
@@ -16,13 +17,16 @@ DEV_STAMP := $(VENV)/.installed-dev
 LOCK_FLAGS ?=
 LOCK_INPUTS := requirements.txt requirements-dashboard.txt requirements-dev.txt requirements-avro.txt requirements-confluent.txt
 
-.PHONY: run test soak bench bench-peers image lint lock dashboard chromium kafka-fetch kafka-start kafka-start-secure kafka-stop kafka-status kafka-logs registry-fetch registry-start registry-stop topics generate clean
+.PHONY: run test test-registry soak bench bench-peers bench-avro image lint lock dashboard chromium kafka-fetch kafka-start kafka-start-secure kafka-stop kafka-status kafka-logs registry-fetch registry-start registry-stop registry-reset topics generate clean
 
-run: $(RUN_STAMP) kafka-fetch      ## broker + topics + generator + consumer; Ctrl+C stops it
-	$(VENV)/bin/loginpipe run
+run: $(RUN_STAMP) kafka-fetch      ## broker + topics + generator + consumer (AVRO=1: Avro with the registry); Ctrl+C stops it
+	$(VENV)/bin/loginpipe run $(if $(AVRO),--avro)
 
 test: $(DEV_STAMP) kafka-fetch chromium  ## unit + integration tests against a real local broker
 	$(PY) -m pytest
+
+test-registry: $(DEV_STAMP) kafka-fetch registry-fetch  ## Avro and the real schema registry (built first: about 2 minutes cold)
+	$(PY) -m pytest -m registry
 
 soak: $(DEV_STAMP) kafka-fetch     ## five 60 s broker kills during a 200k-event drain (about 10 minutes)
 	$(PY) -m pytest -m soak -s
@@ -39,6 +43,9 @@ bench: $(DEV_STAMP) kafka-fetch    ## throughput, peers, latency, guarantees and
 bench-peers: $(DEV_STAMP) kafka-fetch  ## only the peers (confluent-kafka, Quix Streams) and the runs they are compared with
 	$(PY) -m loginpipe.benchmark --only peers
 
+bench-avro: $(DEV_STAMP) kafka-fetch registry-fetch  ## only Avro output against JSON output, and the encoders
+	$(PY) -m loginpipe.benchmark --only avro
+
 image: $(DEV_STAMP) kafka-fetch    ## remakes image.png from a real run of the consumer in tmux
 	$(PY) scripts/capture_terminal.py
 
@@ -53,14 +60,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(RUN_STAMP): pyproject.toml loginpipe/__init__.py requirements.txt requirements-dashboard.txt $(LOCK) | $(PY)
-	$(INSTALL) --editable '.[dashboard]'
+$(RUN_STAMP): pyproject.toml loginpipe/__init__.py requirements.txt requirements-dashboard.txt requirements-avro.txt $(LOCK) | $(PY)
+	$(INSTALL) --editable '.[dashboard,avro]'
 	touch $@
 
-# the `dev`, `avro` and `confluent` extras' files, installed directly: the editable package is already there
-$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt requirements-avro.txt requirements-confluent.txt
+# the `dev` and `confluent` extras' files, installed directly: the editable package is already there
+$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt requirements-confluent.txt
 	$(INSTALL) --requirement requirements-dev.txt
-	$(INSTALL) --requirement requirements-avro.txt
 	$(INSTALL) --requirement requirements-confluent.txt
 	touch $@
 
@@ -83,15 +89,18 @@ kafka-status: $(RUN_STAMP)
 kafka-logs: $(RUN_STAMP)
 	$(VENV)/bin/loginpipe broker logs
 
-# A Confluent-compatible schema registry (Apicurio, in memory) on 127.0.0.1:18081, built once into .registry/
+# A Confluent-compatible schema registry (Apicurio; schemas kept in .registry/data) on 127.0.0.1:18081, built once into .registry/
 registry-fetch: $(RUN_STAMP)
-	$(PY) -m loginpipe.local.registry fetch
+	$(PY) -m loginpipe.registry fetch
 
 registry-start: registry-fetch
-	$(PY) -m loginpipe.local.registry start
+	$(PY) -m loginpipe.registry start
 
 registry-stop: $(RUN_STAMP)
-	$(PY) -m loginpipe.local.registry stop
+	$(PY) -m loginpipe.registry stop
+
+registry-reset: $(RUN_STAMP)  ## stop the local registry and delete its schemas (ids start again at 1)
+	$(PY) -m loginpipe.registry reset
 
 topics: $(RUN_STAMP)
 	$(PY) create_kafka_topic.py

@@ -186,6 +186,17 @@ def add_bootstrap_argument(parser: EnvArgumentParser) -> None:
              "[env OFFSET_RESET]")
 
 
+
+REGISTRY_ENV = "SCHEMA_REGISTRY_URL"
+
+
+def add_registry_argument(parser: EnvArgumentParser, needed_for: str = "read framed Avro") -> None:
+    """The schema registry's URL: the same flag and environment twin for every tool."""
+    parser.add_env_argument(
+        "--schema-registry-url", env=REGISTRY_ENV, default=None, metavar="URL",
+        help=f"a Confluent-compatible schema registry's API, to {needed_for} (the local one: "
+             "http://127.0.0.1:18081/apis/ccompat/v7, python -m loginpipe.registry start)")
+
 # each connection flag's environment twin (read in connection_from_args, so that the flags, their
 # twins and the properties file combine in one place: flag > env > file > default)
 CONNECTION_ENV = {

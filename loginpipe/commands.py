@@ -31,8 +31,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "topics": Subcommand("loginpipe.topics", "create the pipeline's topics"),
     "generate": Subcommand("loginpipe.local.generator", "send synthetic login events"),
     "broker": Subcommand("loginpipe.local.broker", "a local Kafka broker: start, stop, status, logs, fetch"),
-    "registry": Subcommand("loginpipe.local.registry",
-                           "a local schema registry (Confluent API): start, stop, status, logs, fetch"),
+    "registry": Subcommand("loginpipe.registry", "a local schema registry (Confluent API): start, stop, "
+                                                 "status, logs, fetch, reset; check or register a schema"),
     "dashboard": Subcommand("loginpipe.dashboard.cli",
                             "the live dashboard in a browser (loginpipe[dashboard])"),
     "query": Subcommand("loginpipe.query", "the group's exact totals, per user or per device"),

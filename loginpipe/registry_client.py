@@ -15,6 +15,7 @@ import urllib.request
 from typing import Any
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+UNAVAILABLE = (502, 503, 504)  # answers that mean "try again", like no answer at all
 LEVELS = ("NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
           "FULL", "FULL_TRANSITIVE")
 
@@ -63,6 +64,14 @@ class SchemaRegistryClient:
         """The subject's latest version: ``{"subject", "version", "id", "schema"}``."""
         return self._call("GET", f"/subjects/{_quote(subject)}/versions/latest")
 
+    def versions(self, subject: str) -> list[int]:
+        """The subject's version numbers, oldest first (RegistryError 404 when it has none)."""
+        return sorted(int(v) for v in self._call("GET", f"/subjects/{_quote(subject)}/versions"))
+
+    def version(self, subject: str, version: int) -> dict[str, Any]:
+        """One version of the subject: ``{"subject", "version", "id", "schema"}``."""
+        return self._call("GET", f"/subjects/{_quote(subject)}/versions/{int(version)}")
+
     def set_compatibility(self, subject: str, level: str) -> str:
         if level not in LEVELS:
             raise ValueError(f"compatibility level {level!r} is not one of {', '.join(LEVELS)}")
@@ -94,6 +103,26 @@ class SchemaRegistryClient:
             raise
         return bool(answer["is_compatible"])
 
+    def check_compatibility(self, subject: str, schema: str,
+                            schema_type: str = "AVRO") -> tuple[bool, list[str]]:
+        """Like ``is_compatible``, with the registry's reasons when it says no (empty when it gives
+        none). Confluent lists them in ``messages``; Apicurio gives one ``reason`` and, on some
+        paths, refuses with 409 and the reason as its message."""
+        try:
+            answer = self._call("POST", f"/compatibility/subjects/{_quote(subject)}/versions/latest"
+                                "?verbose=true", _schema_body(schema, schema_type))
+        except RegistryError as exc:
+            if exc.status == 404 and exc.error_code in (40401, 40402):
+                return True, []  # no such subject or no versions yet: anything goes
+            # (a 404 without those codes is a wrong URL, not an empty subject)
+            if exc.status == 409:
+                return False, [exc.message]
+            raise
+        if answer.get("is_compatible"):
+            return True, []
+        reasons = answer.get("messages") or answer.get("reason") or []
+        return False, [str(r) for r in ([reasons] if isinstance(reasons, str) else reasons)]
+
     def delete_subject(self, subject: str, permanent: bool = False) -> list[int]:
         """Delete every version. Soft by default (Confluent's rule: a permanent delete must follow a
         soft one), so ``permanent`` does both."""
@@ -110,6 +139,8 @@ class SchemaRegistryClient:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
+            if exc.code in UNAVAILABLE:  # a proxy or the registry itself says: not now
+                raise RegistryUnavailable(self.url, f"HTTP {exc.code} {exc.reason}") from None
             raise _refusal(exc) from None
         except (OSError, ValueError) as exc:  # URLError, refused, reset, timeout; a garbled answer
             raise RegistryUnavailable(self.url, getattr(exc, "reason", exc)) from exc

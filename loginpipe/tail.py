@@ -6,8 +6,9 @@
 
 Each record with its partition, offset, timestamp, key and headers. Committed records only
 (read_committed, as every reader of the project): what an aborted transaction wrote is not shown.
-No consumer group: nothing is committed, nothing joins a group. Values: JSON as JSON, other text as
-text, anything else base64; the changelog topics' records are also spelled out
+No consumer group: nothing is committed, nothing joins a group. Values: JSON as JSON, framed Avro
+decoded with its writer's schema from the registry (``--schema-registry-url``; its schema id shown
+beside it), other text as text, anything else base64; the changelog topics' records are also spelled out
 (``state/changelog.py``); a dead letter sealed in privacy mode stays sealed (``loginpipe dlq
 decrypt`` opens one).
 """
@@ -19,21 +20,25 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
+from functools import partial
 from itertools import islice
 from typing import Any, Protocol, TextIO
 
 import orjson
 
-from loginpipe import cli
+from loginpipe import cli, serde
 from loginpipe.cli import (
     EnvArgumentParser,
     add_bootstrap_argument,
+    add_registry_argument,
     connection_from_args,
     positive_int,
     run_cli,
 )
 from loginpipe.core.records import ENCRYPTED_HEADER
 from loginpipe.observe import logs
+from loginpipe.registry_client import RegistryUnavailable, SchemaRegistryClient
 from loginpipe.state.changelog import COUNT_NAMES, DEVICE_PREFIX, FORGOTTEN_KEY, USER_PREFIX
 from loginpipe.topics import plural
 
@@ -44,6 +49,10 @@ QUOTED_NAME = QUOTED + "="  # a header's name too: a name=value pair splits at i
 # a distinct-values key's prefix, what it is, and what its values are
 DISTINCT_KINDS = ((USER_PREFIX, "user", "distinct_ips"), (DEVICE_PREFIX, "device", "users"))
 _KEEP = {ord("\\"): "\\\\"}  # a backslash is escaped, so an escaped character reads unambiguously
+# A tail waits on the registry in the middle of a stream: short timeouts, and after a failure the
+# values go on being shown undecoded this long before it is asked again.
+REGISTRY_TIMEOUT_S = 2.0
+REGISTRY_RETRY_S = 10.0
 
 
 class Record(Protocol):
@@ -66,8 +75,9 @@ def build_parser() -> EnvArgumentParser:
         epilog="Text: a line per record (partition, offset, UTC time, key, headers), then its value "
                "indented. --json: one object per record with topic, partition, offset, timestamp "
                "(ms), time, key, key_format, headers, value and value_format (json: the value parsed; "
-               "text; base64; null), and for a changelog record what it means. A missing topic is "
-               "one line and exit 1; Ctrl+C exits with 130.")
+               "avro: framed Avro decoded, with schema_id; text; base64; null), note when there is "
+               "something to say (an Avro value not decoded, and why), and for a changelog record "
+               "what it means. A missing topic is one line and exit 1; Ctrl+C exits with 130.")
     parser.add_argument("topic", metavar="TOPIC", help="any topic (the pipeline's, its group's own, yours)")
     parser.add_argument("--from-beginning", action="store_true",
                         help="start at each partition's first record, not at its end")
@@ -75,7 +85,24 @@ def build_parser() -> EnvArgumentParser:
                         help="stop after N records (unset: follow until Ctrl+C)")
     parser.add_argument("--json", action="store_true", help="one JSON object per record")
     add_bootstrap_argument(parser)
+    add_registry_argument(parser, "decode framed Avro values (without it they are shown as base64)")
     return parser
+
+
+def schema_cache(url: str | None) -> serde.SchemaCache | None:
+    """The writer schemas of framed values, from the registry at ``url`` (None: none given).
+    Its outages are warnings on stderr: the tail goes on, showing values undecoded."""
+    if not url:
+        return None
+    serde.require_avro("decoding framed Avro (--schema-registry-url)")
+    log = logs.get("tail")
+
+    def warn(message: str) -> None:
+        log.warning(f"{message} (tail: Avro values are shown undecoded while it does not answer)"
+                    if "does not answer" in message else message)
+
+    return serde.SchemaCache(SchemaRegistryClient(url, timeout_s=REGISTRY_TIMEOUT_S), warn,
+                             retry_every_s=REGISTRY_RETRY_S)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     connection = connection_from_args(args)
+    schemas = schema_cache(args.schema_registry_url)
     render = json_line if args.json else text_lines
 
     def ready(partitions: int) -> None:
@@ -92,18 +120,19 @@ def main(argv: list[str] | None = None) -> int:
 
     records = follow_topic(connection, args.topic, args.from_beginning, on_ready=ready)
     try:
-        return show(islice(records, args.count), render, sys.stdout)
+        return show(islice(records, args.count), render, sys.stdout, schemas)
     except KeyboardInterrupt:
         return INTERRUPTED
     finally:
         records.close()
 
 
-def show(records: Iterator[Record], render: Callable[[dict[str, Any]], str], out: TextIO) -> int:
+def show(records: Iterator[Record], render: Callable[[dict[str, Any]], str], out: TextIO,
+         schemas: serde.SchemaCache | None = None) -> int:
     """Write each record as it comes; a reader that went away (``| head``) ends it quietly."""
     try:
         for record in records:
-            out.write(render(fields(record)))
+            out.write(render(fields(record, schemas)))
             out.flush()
     except BrokenPipeError:
         # Python would complain flushing stdout again at exit: point it at nothing instead.
@@ -111,23 +140,35 @@ def show(records: Iterator[Record], render: Callable[[dict[str, Any]], str], out
     return 0
 
 
-def fields(record: Record) -> dict[str, Any]:
-    """Everything shown of one record, decoded, as JSON-ready values."""
+def fields(record: Record, schemas: serde.SchemaCache | None = None) -> dict[str, Any]:
+    """Everything shown of one record, decoded, as JSON-ready values; framed Avro values with the
+    writer schemas ``schemas`` finds (None: no registry, they stay base64)."""
     key, key_format = _text_or_base64(record.key)
-    value, value_format = decode_value(record.value)
+    schema_id = serde.framed_id(record.value)
+    notes = []
+    if schema_id is None:
+        value, value_format = decode_value(record.value)
+    else:
+        value, value_format, why = decode_avro(record.value, schemas)
+        if why:
+            notes.append(why)
     shown: dict[str, Any] = {
         "topic": record.topic, "partition": record.partition, "offset": record.offset,
         "timestamp": record.timestamp if record.timestamp >= 0 else None,
         "time": _iso(record.timestamp), "key": key, "key_format": key_format,
         "headers": _headers(record.headers or []), "value": value, "value_format": value_format,
     }
+    if schema_id is not None:
+        shown["schema_id"] = schema_id
     if record.topic.endswith(CHANGELOG_SUFFIXES):
         meaning = changelog_meaning(record.key, record.value)
         if meaning is not None:
             shown["changelog"] = meaning
     if any(name == ENCRYPTED_HEADER for name, _ in record.headers or []):
-        shown["note"] = (f"sealed in privacy mode; to open it: {_dlq_command()} --topic {record.topic} "
-                         f"--partition {record.partition} --offset {record.offset}")
+        notes.append(f"sealed in privacy mode; to open it: {_dlq_command()} --topic {record.topic} "
+                     f"--partition {record.partition} --offset {record.offset}")
+    if notes:
+        shown["note"] = "; ".join(notes)
     return shown
 
 
@@ -139,6 +180,19 @@ def decode_value(value: bytes | None) -> tuple[Any, str | None]:
         return orjson.loads(value), "json"
     except orjson.JSONDecodeError:
         return _text_or_base64(value)
+
+
+def decode_avro(value: bytes, schemas: serde.SchemaCache | None) -> tuple[Any, str, str | None]:
+    """(the value, its format, why it is not decoded) of a framed value: decoded with its writer's
+    schema, else base64 with the reason (no registry, an id it does not know, bytes that do not
+    fit, a registry that does not answer)."""
+    try:
+        return serde.read_value(value, schemas), "avro", None
+    except serde.UnreadableValue as exc:
+        why = f"not decoded: {exc}"
+    except RegistryUnavailable:
+        why = "not decoded: the schema registry does not answer"
+    return base64.b64encode(value).decode("ascii"), "base64", why
 
 
 def changelog_meaning(key: bytes | None, value: bytes | None) -> dict[str, Any] | None:
@@ -166,16 +220,32 @@ def changelog_meaning(key: bytes | None, value: bytes | None) -> dict[str, Any] 
     return None
 
 
+def _jsonable(value: Any) -> Any:
+    """What orjson cannot write itself that an Avro value may hold: bytes and fixed (base64),
+    decimals (as text: exact)."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_dumps = partial(orjson.dumps, default=_jsonable)
+
+
 def json_line(shown: dict[str, Any]) -> str:
-    return orjson.dumps(shown).decode() + "\n"
+    return _dumps(shown).decode() + "\n"
 
 
 def text_lines(shown: dict[str, Any]) -> str:
-    """``partition 0 offset 12 2026-11-24T10:00:00.123Z key u1 headers a=b`` then the value,
-    indented; then what a changelog record means, or how to open a sealed dead letter."""
+    """``partition 0 offset 12 2026-11-24T10:00:00.123Z key u1 headers a=b`` (with ``schema-id 5``
+    before the headers for a framed Avro value) then the value, indented; then what a changelog
+    record means, or a note (how to open a sealed dead letter, why an Avro value is not decoded)."""
     head = [f"partition {shown['partition']}", f"offset {shown['offset']}", shown["time"] or "no timestamp",
             "key " + (_word(shown["key"]) if shown["key_format"] == "text" else
                       _shown(shown["key"], shown["key_format"]))]
+    if "schema_id" in shown:
+        head.append(f"schema-id {shown['schema_id']}")
     if shown["headers"]:
         pairs = [(name, v) for name, value in shown["headers"].items()
                  for v in (value if isinstance(value, list) else [value])]
@@ -191,8 +261,8 @@ def text_lines(shown: dict[str, Any]) -> str:
 def _shown(value: Any, value_format: str | None) -> str:
     if value_format is None:
         return "(null)"
-    if value_format == "json":
-        return orjson.dumps(value).decode()
+    if value_format in ("json", "avro"):
+        return _dumps(value).decode()
     if value_format == "base64":
         return "base64:" + value
     return _escaped(value)

@@ -17,7 +17,7 @@ from loginpipe.config import PipelineConfig, pipeline_config
 from loginpipe.errors import UserError
 
 CHILD_COMMANDS = ("preload", "consume-only", "pass-through", "memory", "changelog-lines", "restore",
-                  "visible")
+                  "visible", "serializers")
 POLL_TIMEOUT_MS = 200
 
 
@@ -612,6 +612,23 @@ def _tail(consumer, partitions: list, seen, finish: _Finish, finish_timeout_s: f
             raise UserError(f"not at the end of {partitions[0].topic} {finish_timeout_s:g}s after the stop")
 
 
+# --- serializers ---------------------------------------------------------------------------------
+
+def cmd_serializers(args) -> int:
+    """The serializer micro-measure (benchmark/serializers.py), in a process of its own: the
+    confluent-kafka registry packages go on this process's import path only."""
+    from loginpipe.benchmark.serializers import CONFLUENT_SR_DIR, ensure_confluent_sr, run_measure
+
+    why = ensure_confluent_sr() if args.confluent == "auto" else "--confluent-serializer skip"
+    if why is None:
+        sys.path.append(str(CONFLUENT_SR_DIR))  # after ours: only what we lack comes from there
+    result = run_measure(args.records, args.schema_registry_url, args.topic, args.seed, confluent=why is None)
+    if why:
+        result["notes"].append(f"confluent-kafka AvroSerializer left out: {why}")
+    emit_result(result)
+    return 0
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 def build_child_parser(command: str) -> EnvArgumentParser:
@@ -629,6 +646,13 @@ def build_child_parser(command: str) -> EnvArgumentParser:
         parser.add_argument("--login-file", required=True)
         parser.add_argument("--device-file", required=True)
         parser.add_argument("--seed", type=int, default=11)
+        return parser
+    if command == "serializers":
+        parser.add_argument("--records", type=positive_int, required=True)
+        parser.add_argument("--schema-registry-url", default=None)
+        parser.add_argument("--topic", required=True, help="whose subject the contract is registered under")
+        parser.add_argument("--confluent", choices=["auto", "skip"], default="auto")
+        parser.add_argument("--seed", type=int, default=7)
         return parser
     parser.add_argument("--bootstrap-servers", required=True)
     if command == "restore":
@@ -662,5 +686,6 @@ def run_child_command(argv: list[str]) -> int:
         "preload": cmd_preload, "consume-only": cmd_consume_only,
         "pass-through": cmd_pass_through, "memory": cmd_memory,
         "changelog-lines": cmd_changelog_lines, "restore": cmd_restore, "visible": cmd_visible,
+        "serializers": cmd_serializers,
     }
     return handler[command](args)

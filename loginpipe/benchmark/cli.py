@@ -10,6 +10,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from loginpipe.benchmark.avro import (
+    bench_registry,
+    check_registry,
+    forget_subjects,
+    step_avro,
+    step_serializers,
+)
 from loginpipe.benchmark.children import CHILD_COMMANDS, run_child_command
 from loginpipe.benchmark.common import (
     add_run_arguments,
@@ -49,15 +56,15 @@ from loginpipe.benchmark.steps import (
     step_restore_drained,
     step_restore_synthetic,
 )
-from loginpipe.cli import EnvArgumentParser, positive_float, positive_int
+from loginpipe.cli import EnvArgumentParser, add_registry_argument, positive_float, positive_int
 from loginpipe.config import PipelineConfig
 from loginpipe.errors import UserError
 from loginpipe.topics import TopicSpec
 
 # The benchmark's steps, in the order they run; --only and --skip choose among them. "peers" runs
 # within "throughput" (on its preloaded input); alone, it preloads and runs the pipeline drains it
-# is compared with.
-STEPS = ("throughput", "peers", "restore", "latency", "guarantees", "memory")
+# is compared with. "avro" drains the same input with JSON and with Avro output (alone, it preloads).
+STEPS = ("throughput", "peers", "avro", "restore", "latency", "guarantees", "memory")
 
 
 def step_list(text: str) -> list[str]:
@@ -115,13 +122,16 @@ def build_parser() -> EnvArgumentParser:
     parser.add_env_argument("--quix-venv", env="BENCH_QUIX_VENV", default=str(DEFAULT_QUIX_VENV),
                             help="the Quix Streams app's own virtual environment (made when missing)")
     add_guarantees_arguments(parser)
+    add_avro_arguments(parser)
     parser.add_env_argument("--only", env="BENCH_ONLY", type=step_list, default=None,
                             help=f"run only these steps, comma-separated, of: {', '.join(STEPS)} "
                                  "(throughput: preload, ceilings, pipeline drains, their state and "
                                  "restore; peers: the confluent-kafka pass-through, the pipeline on "
                                  "confluent-kafka, a Quix Streams app doing the same job, and alone "
                                  "(make bench-peers) the kafka-python pass-through and pipeline drains "
-                                 "they are compared with; restore: the synthetic changelog's). The "
+                                 "they are compared with; avro: the pipeline with JSON and with Avro "
+                                 "output, and the serializers' cost per record; restore: the synthetic "
+                                 "changelog's). The "
                                  "results then go to bench-<time>.{json,md,png} only: latest.* stays "
                                  "the last full run's")
     parser.add_env_argument("--skip", env="BENCH_SKIP", type=step_list, default=[],
@@ -147,6 +157,24 @@ def add_guarantees_arguments(parser: EnvArgumentParser) -> None:
         help="latency runs per setting in the guarantees step, the settings taking turns")
 
 
+def add_avro_arguments(parser: EnvArgumentParser) -> None:
+    """The flags of the avro step (JSON against Avro output, the serializers' micro-measure)."""
+    add_registry_argument(parser, needed_for="use for the avro step (default: the local registry when it "
+                                             "answers on its port, else one started on a free port for "
+                                             "the step and stopped after it)")
+    parser.add_env_argument("--avro-rounds", env="BENCH_AVRO_ROUNDS", type=positive_int, default=1,
+                            help="drains of the input with each output format, the formats taking "
+                                 "turns; medians")
+    parser.add_env_argument("--avro-micro-records", env="BENCH_AVRO_MICRO_RECORDS", type=positive_int,
+                            default=50_000, help="processed records each serializer encodes in the avro "
+                                                 "step's micro-measure")
+    parser.add_env_argument("--confluent-serializer", env="BENCH_CONFLUENT_SERIALIZER",
+                            choices=["auto", "skip"], default="auto",
+                            help="the micro-measure's confluent-kafka AvroSerializer: auto installs its "
+                                 "schema-registry packages (about 30 MB) into bench-results/peers/"
+                                 "confluent-sr on first use, skip leaves it out")
+
+
 def selected_steps(args) -> list[str]:
     """The steps to run, in the benchmark's order."""
     chosen = set(args.only or STEPS) - set(args.skip)
@@ -164,7 +192,10 @@ def count_announcements(args, steps: list[str]) -> int:
     else:  # peers alone: preload, kafka-python pass-through, pipeline 1 thread (and N processes)
         drains = 3 + more + peer_runs if peers else 0
     latency_runs = 1 + (confluent_missing() is None) if "latency" in steps else 0
-    per_step = {"restore": int(args.restore_users > 0), "latency": latency_runs, "guarantees": 2, "memory": 1}
+    # the JSON and the Avro drain each round, the micro-measure; alone, a preload first
+    avro = 2 * args.avro_rounds + 1 + (not full and not peers) if "avro" in steps else 0
+    per_step = {"restore": int(args.restore_users > 0), "latency": latency_runs, "guarantees": 2, "memory": 1,
+                "avro": avro}
     return drains + sum(per_step.get(step, 0) for step in steps)
 
 
@@ -179,6 +210,8 @@ def _run_steps(bench: Bench, report: dict, steps: list[str]) -> None:
     """The chosen steps in turn, each adding its results to ``report``."""
     if "throughput" in steps or "peers" in steps:
         _throughput_steps(bench, report, full="throughput" in steps, peers="peers" in steps)
+    if "avro" in steps:
+        _avro_step(bench, report)
     if "restore" in steps and bench.args.restore_users:
         _restore_synthetic(bench, report)
     if "latency" in steps:
@@ -239,6 +272,23 @@ def _throughput_steps(bench: Bench, report: dict, full: bool, peers: bool) -> No
         report["restore"] = step_restore_drained(bench, drained["group"])
 
 
+def _avro_step(bench: Bench, report: dict) -> None:
+    """JSON against Avro output on the throughput step's input (preloaded now when it did not run),
+    then the serializers' micro-measure, with one registry for both."""
+    source = report.get("input_topic")
+    if source is None:
+        source = bench.name("in")
+        bench.create_topics(TopicSpec(source, "benchmark input"))
+        report["input_topic"] = source
+        report["preload"] = step_preload(bench, source)
+    with bench_registry(bench.args.schema_registry_url, bench.log_dir) as registry:
+        try:
+            report["avro"] = step_avro(bench, source, registry, report["notes"])
+            report["avro"]["serializers"] = step_serializers(bench, registry)
+        finally:
+            forget_subjects(registry, bench.name(""))
+
+
 def _restore_synthetic(bench: Bench, report: dict) -> None:
     row = step_restore_synthetic(bench, bench.args.restore_users)
     if row:
@@ -254,6 +304,7 @@ def _finish(report: dict, started: float, out_dir: Path) -> int:
     bad = [r["label"] for r in report["runs"] if r.get("accounting_ok") is False]
     bad += [f"guarantees, {r['label']}" for r in report.get("guarantees", {}).get("summary", [])
             if not r["accounting_ok"]]
+    bad += [r["label"] for r in report.get("avro", {}).get("runs", []) if r.get("accounting_ok") is False]
     if bad:
         report["notes"].append(f"accounting mismatch in: {', '.join(bad)}")
     paths = write_outputs(report, out_dir)
@@ -269,10 +320,13 @@ def run_benchmark(args) -> int:
     steps = selected_steps(args)
     if not steps:
         raise UserError("--only and --skip leave no step to run")
+    if "avro" in steps and args.schema_registry_url:
+        check_registry(args.schema_registry_url)  # before the runs, not after the throughput step
     run_id, log_dir = new_run(args.out_dir)
     say(f"benchmark {run_id}: {args.events:,} events, {args.partitions} partitions, pipeline threads "
         f"{','.join(map(str, args.threads_list if 'throughput' in steps else [1]))}"
-        + (f" and {args.processes} processes" if args.processes > 1 else "")
+        + (f" and {args.processes} processes" if args.processes > 1 and {"throughput", "peers"} & set(steps)
+           else "")
         + (f"; steps {', '.join(steps)}" if steps != list(STEPS) else "")
         + f"; logs in {log_dir}")
     bootstrap = bootstrap_servers(args.bootstrap_servers)

@@ -129,10 +129,12 @@ def _num(value: float | None, spec: str = ",.0f") -> str:
 
 def markdown(report: dict) -> str:
     lines = _header(report)
-    if report.get("preload"):
+    if report.get("preload") and report["runs"]:
         lines += _throughput_section(report)
     else:  # no throughput step: the load and the notes it would have shown
         lines += ["", _load_line(report["machine"]), *(f"Note: {note}" for note in report.get("notes", []))]
+    if report.get("avro"):
+        lines += _avro_section(report["avro"])
     if any(r.get("state_topics") for r in report["runs"]) or report.get("restore"):
         lines += _state_section(report)
     for key in ("latency", "latency_confluent"):
@@ -271,6 +273,58 @@ def stop_verdict(runs: list[dict]) -> str | None:
             f"{broker}, the rest {m['other_cores_busy']:.2f}), so it stops {ceiling}: "
             + ("more processes would only share the same cores." if ceiling == "at the cores" else
                "the cores were not all busy, so CPU alone does not limit it."))
+
+
+def _avro_section(avro: dict) -> list[str]:
+    """JSON against Avro output: the two drains, their bytes per record, the ratios, the read-back,
+    and the serializers' micro-measure."""
+    lines = ["", "## Avro output against JSON output", ""]
+    if avro.get("skipped"):
+        return [*lines, f"Skipped: {avro['skipped']}."]
+    runs, ratios = avro["runs"], avro["ratios"]
+    lines += [
+        f"The pipeline (kafka-python, 1 thread) drained the same input with --output-format json and "
+        f"with avro, {avro.get('rounds', 1)} time(s) each (schema registry: {avro['registry']}). Bytes "
+        f"per processed record, from the first round's outputs: the mean value of "
+        f"{avro['sample_records']:,} outputs read back (spread over the partitions), the same values "
+        f"compressed with snappy in {avro['snappy_chunk'] // 1024} KiB chunks (as a producer batch is), "
+        "and the output log on disk per output record (the pipeline's own snappy batches, keys and "
+        "batch overhead included).",
+        "",
+        "| output | events/s | CPU s / M events | peak RSS MiB | bytes / value | after snappy | "
+        "log bytes / record | accounting |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    # (figure, format): the columns after the output's name
+    columns = (("events_per_s", ",.0f"), ("cpu_s_per_million", ",.1f"), ("peak_rss_mib", ",.0f"),
+               ("value_bytes_per_record", ",.1f"), ("snappy_bytes_per_record", ",.1f"),
+               ("output_log_bytes_per_record", ",.1f"))
+    for r in runs:
+        figures = " | ".join(_num(r[key], spec) for key, spec in columns)
+        lines.append(f"| {r['output_format']} | {figures} | {'ok' if r['accounting_ok'] else 'MISMATCH'} |")
+    lines.append("| Avro ÷ JSON | " + " | ".join(_num(ratios[key], ".2f") for key, _ in columns) + " | |")
+    if avro.get("rounds", 1) > 1:
+        lines += ["", f"{avro['rounds']} rounds, the formats taking turns: medians of events/s and CPU, the "
+                      "largest peak RSS. Events/s by round: " + "; ".join(
+                          f"{r['output_format']} " + " / ".join(_num(v) for v in r["events_per_s_by_round"])
+                          for r in runs) + "."]
+    for r in runs:
+        lines += ["", f"{r['label'].capitalize()}: consumed {r['consumed']:,} = processed "
+                      f"{r['processed']:,} + filtered {r['filtered']:,} + dead-lettered "
+                      f"{r['dead_lettered']:,}; output topic {r['output_records']:,}."]
+        if r["output_format"] == "avro":
+            lines[-1] += (
+                f" Read back independently (fastavro, the schema fetched by the frame's id): "
+                f"{r['sampled']:,} outputs, {r['read_failures']:,} failed; schema ids {r['schema_ids']} "
+                f"(registered under the output's subject: {r['registered_schema_id']}); "
+                f"{r['compared_with_json']:,} compared with the JSON run's output for the same input, "
+                f"{r['content_mismatches']:,} differ in a per-event field.")
+    micro = avro.get("serializers")
+    if micro:
+        from loginpipe.benchmark.serializers import table
+
+        lines += ["", "### Serializers, per record", "", *table(micro)]
+    return lines
 
 
 def _state_section(report: dict) -> list[str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from loginpipe.core.enrich import normalize_device_type
-from loginpipe.core.events import MAX_FUTURE_SKEW_S, LoginEvent, RawRecord, parse_event
+from loginpipe.core.events import MAX_FUTURE_SKEW_S, LoginEvent, RawRecord, Schemas, parse_event
 from loginpipe.core.filters import FilterRules, filter_reason
 from loginpipe.core.records import (
     DEVICE_ID,
@@ -90,15 +90,16 @@ class Counting(Protocol):
 
 
 def process_logins(records: Sequence[RawRecord], state: LoginState, count: Counting,
-                   topology: Topology, now_s: float) -> BatchResult:
-    """The login step over records of one input partition, in offset order."""
+                   topology: Topology, now_s: float, schemas: Schemas = None) -> BatchResult:
+    """The login step over records of one input partition, in offset order. ``schemas``: the
+    writer schemas of the batch's framed Avro records, by id (None: no registry)."""
     result = BatchResult(consumed=len(records))
     routes, rules, skew = topology.routes, topology.filters, topology.max_future_skew_s
     forward_filtered = routes.filtered_topic is not None
     outputs, reasons = result.outputs, result.reasons
     kept: list[tuple[RawRecord, LoginEvent, str]] = []
     for record in records:
-        event = parse_event(record.value, now_s, skew)
+        event = parse_event(record.value, now_s, skew, schemas)
         if not isinstance(event, LoginEvent):
             outputs.append(dead_letter(routes, record, event))
             reasons[event.reason] += 1
@@ -172,7 +173,7 @@ class LocalState:
 
 
 def process_batch(records: Sequence[RawRecord], state: LocalState, topology: Topology,
-                  now_s: float) -> BatchResult:
+                  now_s: float, schemas: Schemas = None) -> BatchResult:
     """Both steps over a batch (of any partitions), the repartition done in memory: the outputs
     are the dead letters, filtered and processed records; changelog records are left out."""
     result = BatchResult()  # each step's counts are added in
@@ -182,7 +183,7 @@ def process_batch(records: Sequence[RawRecord], state: LocalState, topology: Top
         by_partition.setdefault(record.partition, []).append(record)
     repartitioned: dict[int, list[RawRecord]] = {}
     for partition, batch in by_partition.items():
-        step = process_logins(batch, state.login(partition), state.count, topology, now_s)
+        step = process_logins(batch, state.login(partition), state.count, topology, now_s, schemas)
         for output in step.outputs:
             if output.topic == internal.repartition:
                 into = repartitioned.setdefault(output.partition, [])

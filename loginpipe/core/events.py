@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import fastjsonschema
 import orjson
@@ -56,8 +58,17 @@ NEGATIVE_TIMESTAMP = "negative_timestamp"
 FUTURE_TIMESTAMP = "future_timestamp"
 INVALID_IP = _PROPERTIES["ip"]["x-invalid-reason"]
 INVALID_APP_VERSION = _PROPERTIES["app_version"]["x-invalid-reason"]
+# Registry-framed Avro input (core/avro.py): a schema id the registry does not know (or no
+# registry to ask), and a frame or body that does not decode with the schema it names.
+UNKNOWN_SCHEMA_ID = "unknown_schema_id"
+INVALID_AVRO = "invalid_avro"
 REASONS = (TOO_LARGE, NOT_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, EMPTY_OR_LONG,
-           INVALID_TIMESTAMP, NEGATIVE_TIMESTAMP, FUTURE_TIMESTAMP, INVALID_IP, INVALID_APP_VERSION)
+           INVALID_TIMESTAMP, NEGATIVE_TIMESTAMP, FUTURE_TIMESTAMP, INVALID_IP, INVALID_APP_VERSION,
+           UNKNOWN_SCHEMA_ID, INVALID_AVRO)
+AVRO_MAGIC = b"\x00"  # first byte of a framed value; JSON text never starts with it
+AVRO_HEADER_BYTES = 5  # the magic byte and the 4-byte schema id
+# Writer schemas by id, as the shell resolved them from the registry for a batch; None: no registry.
+Schemas = Mapping[int, Any] | None
 _RULE_REASONS = {"required": MISSING_FIELD, "type": WRONG_TYPE,
                  "minLength": EMPTY_OR_LONG, "maxLength": EMPTY_OR_LONG}
 
@@ -95,17 +106,18 @@ class Rejection:
     detail: str
 
 
-def parse_event(raw: bytes | None, now_s: float, max_future_skew_s: float = MAX_FUTURE_SKEW_S
-                ) -> LoginEvent | Rejection:
-    """Validate one record's value. Never raises."""
+def parse_event(raw: bytes | None, now_s: float, max_future_skew_s: float = MAX_FUTURE_SKEW_S,
+                schemas: Schemas = None) -> LoginEvent | Rejection:
+    """Validate one record's value, JSON or registry-framed Avro (``schemas``: the writer schemas
+    of the batch's framed records, by id). Never raises."""
     try:
-        return parse_unguarded(raw, now_s, max_future_skew_s)
+        return parse_unguarded(raw, now_s, max_future_skew_s, schemas)
     except Exception as exc:  # the contract is "never raises": a bug here must not stop the stream
         return Rejection(INVALID_JSON, f"unexpected {type(exc).__name__}")
 
 
-def parse_unguarded(raw: bytes | None, now_s: float, max_future_skew_s: float = MAX_FUTURE_SKEW_S
-                    ) -> LoginEvent | Rejection:
+def parse_unguarded(raw: bytes | None, now_s: float, max_future_skew_s: float = MAX_FUTURE_SKEW_S,
+                    schemas: Schemas = None) -> LoginEvent | Rejection:
     """``parse_event`` without its catch-all: an exception here is a bug (tests call this one)."""
     # The common, valid case runs straight through with few calls: it is per event.
     if raw is None:
@@ -115,9 +127,17 @@ def parse_unguarded(raw: bytes | None, now_s: float, max_future_skew_s: float = 
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        # Framed Avro is looked for only here: JSON, the common case, pays nothing for it.
+        if raw[:1] == AVRO_MAGIC:
+            return parse_framed(raw, now_s, max_future_skew_s, schemas)
         if _is_utf8(raw):
             return Rejection(INVALID_JSON, str(exc)[:200])
         return Rejection(NOT_UTF8, "value is not valid UTF-8")
+    return validate(data, now_s, max_future_skew_s)
+
+
+def validate(data: Any, now_s: float, max_future_skew_s: float = MAX_FUTURE_SKEW_S) -> LoginEvent | Rejection:
+    """A decoded value (from JSON or Avro) checked against the contract and the clock."""
     if type(data) is not dict:
         return Rejection(NOT_AN_OBJECT, f"JSON {type(data).__name__}, expected an object")
     try:
@@ -136,12 +156,37 @@ def parse_unguarded(raw: bytes | None, now_s: float, max_future_skew_s: float = 
     if epoch_s is None or not is_ip(ip) or not is_app_version(version):
         return explain(data)
     # Valid by the schema. What follows depends on the clock, which a schema cannot express.
-    if epoch_s < 0:
+    if not epoch_s >= 0:  # negative, or NaN: no time at all (the schema's "number" allows it)
+        if epoch_s != epoch_s:
+            return Rejection(INVALID_TIMESTAMP, "timestamp is NaN")
         return Rejection(NEGATIVE_TIMESTAMP, f"timestamp {epoch_s:.10g} is negative")
     if epoch_s > now_s + max_future_skew_s:
         return Rejection(FUTURE_TIMESTAMP,
                          f"timestamp {epoch_s:.10g} is after now + {max_future_skew_s:.0f}s")
     return LoginEvent(user_id, version, device_type, ip, locale, device_id, timestamp, epoch_s)
+
+
+def parse_framed(raw: bytes, now_s: float, max_future_skew_s: float, schemas: Schemas
+                 ) -> LoginEvent | Rejection:
+    """A registry-framed Avro value: decoded with the writer schema its id names, then validated
+    like JSON (an Avro record can still hold an empty user_id or an ip that is not one)."""
+    if len(raw) < AVRO_HEADER_BYTES:
+        return Rejection(INVALID_AVRO, f"truncated frame: {len(raw)} bytes, the magic byte and schema "
+                                       f"id alone take {AVRO_HEADER_BYTES}")
+    schema_id = int.from_bytes(raw[1:AVRO_HEADER_BYTES], "big")
+    if schemas is None:
+        return Rejection(UNKNOWN_SCHEMA_ID, f"framed Avro with schema id {schema_id}, but no schema "
+                                            "registry is configured (--schema-registry-url)")
+    schema = schemas.get(schema_id)
+    if schema is None:
+        return Rejection(UNKNOWN_SCHEMA_ID, f"schema id {schema_id} is not an Avro schema in the registry")
+    from loginpipe.core import avro  # fastavro: only there when schemas are (the avro extra)
+
+    try:
+        data = avro.decode(schema, raw[AVRO_HEADER_BYTES:])
+    except avro.DecodeError as exc:
+        return Rejection(INVALID_AVRO, f"schema id {schema_id}: {exc}"[:200])
+    return validate(data, now_s, max_future_skew_s)
 
 
 @functools.lru_cache(maxsize=1024)  # a stream carries a few dozen versions: skip the regex for them
@@ -155,7 +200,7 @@ def _epoch_seconds(value: object) -> float | None:
     if kind is int:
         return float(value) if abs(value) < 1e15 else math.copysign(1e15, value)
     if kind is float:
-        return value  # JSON has no NaN; an infinity is a time in the future (or negative)
+        return value  # NaN (Avro's double has it, JSON not): validate; an infinity: too late or early
     if kind is str and len(value) <= _NUMERIC_MAX_CHARS and _NUMERIC.search(value):
         return float(value)
     return None

@@ -6,7 +6,9 @@ goes through ``Privacy`` first."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -41,6 +43,9 @@ class Routes:
     privacy: Privacy | None = None  # None: privacy mode off
     internal: InternalTopics = DEFAULT_INTERNAL  # the group's own topics
     partitions: int = 1  # of the input topic, and so of every internal topic
+    # None: processed records are JSON. Else what writes one as a value: framed Avro, with the id
+    # the registry gave the output contract (serde.AvroOutput.encode, registered by the shell).
+    encode_output: Callable[[dict[str, Any]], bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -106,7 +111,7 @@ def processed_record(routes: Routes, login: Repartitioned, users_on_device: int,
     local_hour = enrich.local_hour(zone, second // 3600)
     score, level, factors = risk.assess(distinct_ips, users_on_device, major, newest_major, local_hour, ip)
     privacy = routes.privacy
-    value = orjson.dumps({
+    record = {
         "user_id": user_id,
         "app_version": app_version,
         "device_type": device_type,
@@ -139,7 +144,9 @@ def processed_record(routes: Routes, login: Repartitioned, users_on_device: int,
         "source_partition": source_partition,
         "source_offset": source_offset,
         "schema": OUTPUT_SCHEMA_ID,
-    })
+    }
+    encode = routes.encode_output
+    value = encode(record) if encode else orjson.dumps(record)
     # Only when the input was keyed by this same user_id is its partition the key's partition.
     partition = source_partition if routes.keep_partition and keyed_by_user else None
     return OutputRecord(routes.output_topic, user_id.encode(), value, None, partition), level
@@ -198,6 +205,8 @@ GENERIC_DETAILS = {
     events.FUTURE_TIMESTAMP: "timestamp is too far in the future",
     events.INVALID_IP: "ip is not an IPv4 or IPv6 address",
     events.INVALID_APP_VERSION: "app_version is not x.y.z",
+    events.UNKNOWN_SCHEMA_ID: "framed Avro whose schema id the registry does not know",
+    events.INVALID_AVRO: "framed Avro that does not decode with its schema",
 }
 SEALED_DETAIL_SUFFIX = " (details in the encrypted value)"
 

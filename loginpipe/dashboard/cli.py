@@ -7,9 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from loginpipe import serde
 from loginpipe.cli import (
     EnvArgumentParser,
     add_bootstrap_argument,
+    add_registry_argument,
     connection_from_args,
     optional_topic,
     port_number,
@@ -56,12 +58,13 @@ def build_parser() -> EnvArgumentParser:
     add("--port", env="DASHBOARD_PORT", type=port_number, default=DEFAULT_PORT, help="HTTP port")
     add("--address", env="DASHBOARD_ADDRESS", default="127.0.0.1",
         help="address to listen on (0.0.0.0 in a container)")
+    add_registry_argument(parser, "read processed records written as Avro")
     return parser
 
 
 def settings_of(args) -> DashboardSettings:
     return DashboardSettings(connection_from_args(args), args.summary_topic, args.metrics_topic,
-                             args.output_topic, args.group_id, args.refresh)
+                             args.output_topic, args.group_id, args.refresh, args.schema_registry_url)
 
 
 def dashboard_settings(argv: list[str]) -> DashboardSettings:
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     connection_from_args(args)  # a connection setting that cannot work fails here, in one line
+    if args.schema_registry_url:
+        serde.require_avro("reading Avro records (--schema-registry-url)")
     if importlib.util.find_spec("streamlit") is None:
         raise UserError("streamlit is not installed: pip install -r requirements-dashboard.txt")
     if not port_is_free(args.port, "127.0.0.1" if args.address == "0.0.0.0" else args.address):

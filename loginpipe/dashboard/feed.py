@@ -5,6 +5,10 @@ so it does not slow the pipeline down.
 
 The broker may be away, at start or later: the thread says so (``Board.connected``) and keeps
 trying; kafka-python reconnects by itself when the broker is back.
+
+Processed records may be JSON or framed Avro (``--output-format avro``): with a schema registry
+URL the Avro ones are decoded with their writer's schema; a value it cannot read (no registry,
+an unknown id, bad bytes, the registry away) is skipped and counted, like bad JSON.
 """
 
 from __future__ import annotations
@@ -20,14 +24,17 @@ import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from loginpipe import serde
 from loginpipe.dashboard.view import METRICS_KEPT, RECENT_KEPT, Board, View, make_view
 from loginpipe.kafka.settings import Connection, kafka_options
 from loginpipe.observe.summary import PARTITION_SCHEMA_ID
+from loginpipe.registry_client import RegistryUnavailable, SchemaRegistryClient
 from loginpipe.waiting import any_reachable
 
 POLL_MS = 500
 RECENT_EVERY_S = 3.0
 RETRY_S = 1.0
+REGISTRY_TIMEOUT_S = 2.0  # the feed's thread waits on it between polls: keep the wait short
 
 
 class TopicMissing(Exception):
@@ -42,6 +49,7 @@ class DashboardSettings:
     output_topic: str
     group_id: str | None = None  # None: every pipeline group
     refresh_s: float = 2.0
+    schema_registry_url: str | None = None  # to decode processed records written as Avro
 
 
 class Feed:
@@ -54,6 +62,8 @@ class Feed:
         self._snapshots: KafkaConsumer | None = None
         self._tail: KafkaConsumer | None = None
         self._recent_at = 0.0
+        self._schemas = _schema_cache(settings.schema_registry_url)
+        self.unreadable = 0  # sampled processed records skipped: not JSON, or Avro not decoded
 
     def start(self) -> Feed:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the page shows the state instead
@@ -167,17 +177,35 @@ class Feed:
             self._tail.seek(tp, max(0, end - per_partition))
         records = [r for batch in self._tail.poll(timeout_ms=POLL_MS).values() for r in batch]
         records.sort(key=lambda r: r.timestamp, reverse=True)
-        recent = []
-        for record in records[:RECENT_KEPT]:
-            try:
-                recent.append(orjson.loads(record.value))
-            except (orjson.JSONDecodeError, TypeError):
-                continue
+        recent = [value for value in map(self._processed, records[:RECENT_KEPT]) if value is not None]
         with self._lock:
             self.board.recent = recent
+
+    def _processed(self, record) -> dict | None:
+        """One processed record's value, JSON or framed Avro; None (counted) when unreadable."""
+        if record.value is None:
+            return None  # a tombstone: not a record
+        try:
+            value = serde.read_value(record.value, self._schemas)
+        except (serde.UnreadableValue, RegistryUnavailable):
+            self.unreadable += 1
+            return None
+        if not isinstance(value, dict):
+            self.unreadable += 1
+            return None
+        return value
 
     def _set(self, *, connected: bool, error: str) -> None:
         with self._lock:
             self.board.connected = connected
             self.board.error = error
             self.board.checked_at = time.time()
+
+
+def _schema_cache(url: str | None) -> serde.SchemaCache | None:
+    """The registry's schemas (None without a URL). Its outages are logged, not shown: the page's
+    sample of records just thins out meanwhile."""
+    if not url:
+        return None
+    return serde.SchemaCache(SchemaRegistryClient(url, timeout_s=REGISTRY_TIMEOUT_S),
+                             logging.getLogger("loginpipe.dashboard").warning)

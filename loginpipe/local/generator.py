@@ -2,6 +2,12 @@
 and a chosen share of bad input. Stands in for the assignment's generator container.
 
     python -m loginpipe.local.generator --count 100000 --rate 0 --seed 7
+    python -m loginpipe.local.generator --format avro \
+        --schema-registry-url http://127.0.0.1:18081/apis/ccompat/v7
+
+With ``--format avro`` good events are framed Avro (the input contract, registered under
+``<topic>-value`` first) and the bad ones include Avro's own kinds (``AVRO_BAD_KINDS``) besides
+the JSON ones: a topic may carry both formats, and the pipeline dead-letters each kind.
 
 As a library: ``EventGenerator(seed=7).generate(n)`` yields ``Generated`` records (key, value
 and the kind of record, so tests know what they sent). Timestamps come from a clock that the
@@ -20,9 +26,12 @@ from dataclasses import dataclass
 
 import orjson
 
+from loginpipe import serde
 from loginpipe.cli import (
     EnvArgumentParser,
     add_bootstrap_argument,
+    add_registry_argument,
+    choice,
     connection_from_args,
     non_negative_float,
     positive_int,
@@ -33,6 +42,7 @@ from loginpipe.errors import UserError
 from loginpipe.kafka.admin import require_topic, unreachable
 from loginpipe.kafka.failures import forget, watch
 from loginpipe.kafka.settings import Connection, kafka_options
+from loginpipe.registry_client import SchemaRegistryClient
 from loginpipe.topics import INPUT_TOPIC, create_command
 
 US_STATES = (
@@ -55,6 +65,15 @@ BAD_KINDS = (
 OVERSIZED_BYTES = 100_000  # over the pipeline's 64 KiB event limit, under the broker's 1 MB
 # Oversized records are rarer than the other bad kinds, or they would be most of the bytes.
 BAD_WEIGHTS = tuple(0.2 if kind == "oversized" else 1.0 for kind in BAD_KINDS)
+# With --format avro, bad records of Avro's own besides the JSON kinds (which stay JSON: a topic may
+# carry both): a frame cut short (invalid_avro), a frame naming an id no registry has given
+# (unknown_schema_id), and well-encoded records whose values break the contract (invalid_ip,
+# invalid_app_version): each kind meets a different dead-letter reason.
+AVRO_BAD_KINDS = ("truncated_avro", "unknown_schema_id", "avro_invalid_ip", "avro_invalid_app_version")
+ALL_AVRO_BAD_KINDS = BAD_KINDS + AVRO_BAD_KINDS
+AVRO_BAD_WEIGHTS = BAD_WEIGHTS + (1.0,) * len(AVRO_BAD_KINDS)
+# Registries count ids up from 1; the largest signed 32-bit id is one none has given out.
+UNKNOWN_SCHEMA_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -84,8 +103,13 @@ class EventGenerator:
 
     def __init__(self, seed: int = 0, users: int = 50_000, bad_ratio: float = 0.02,
                  non_mobile_ratio: float = 0.1, roaming: float = 0.1, sharing: float = 0.05,
-                 string_timestamp_ratio: float = 0.1) -> None:
+                 string_timestamp_ratio: float = 0.1, avro: serde.AvroOutput | None = None) -> None:
+        """``avro``: write good events as framed Avro with its schema id, and Avro's bad kinds
+        too; None writes JSON, the same bytes for a seed as before Avro existed."""
         self._rng = random.Random(seed)
+        self.avro = avro
+        self.bad_kinds, self._bad_weights = ((ALL_AVRO_BAD_KINDS, AVRO_BAD_WEIGHTS) if avro is not None
+                                             else (BAD_KINDS, BAD_WEIGHTS))
         self.bad_ratio = bad_ratio
         self.non_mobile_ratio = non_mobile_ratio
         self.roaming = roaming
@@ -133,6 +157,8 @@ class EventGenerator:
     def bad_value(self, kind: str, now: float) -> bytes:
         """The bytes of one record of bad ``kind``."""
         event = self.good_event(now)
+        if kind in AVRO_BAD_KINDS:
+            return self._bad_avro(kind, event)
         if kind == "missing_field":
             del event[self._rng.choice(list(event))]
         elif kind == "wrong_type":
@@ -155,19 +181,37 @@ class EventGenerator:
             return orjson.dumps([event["user_id"], event["ip"]])
         return orjson.dumps(event)
 
+    def _bad_avro(self, kind: str, event: dict) -> bytes:
+        if self.avro is None:
+            raise ValueError(f"bad kind {kind} is Avro's: give the generator an AvroOutput")
+        if kind == "avro_invalid_ip":
+            event["ip"] = "not-an-ip"
+        elif kind == "avro_invalid_app_version":
+            event["app_version"] = "x"
+        from loginpipe.core.avro import frame, unframe  # fastavro: there is an AvroOutput
+
+        value = self.avro.encode(event)
+        if kind == "unknown_schema_id":
+            return frame(UNKNOWN_SCHEMA_ID, unframe(value)[1])
+        if kind == "truncated_avro":
+            # Cut within the body's first half, so that at least its last field is missing.
+            body = len(value) - serde.HEADER_BYTES
+            return value[:serde.HEADER_BYTES + self._rng.randrange(1, body // 2)]
+        return value
+
     def generate(self, count: int, clock: Callable[[], float] = time.time) -> Iterator[Generated]:
         """Yield ``count`` records; ``clock`` supplies each event's timestamp."""
         rng = self._rng
         for _ in range(count):
             now = clock()
             if rng.random() < self.bad_ratio:
-                kind = rng.choices(BAD_KINDS, BAD_WEIGHTS)[0]
+                kind = rng.choices(self.bad_kinds, self._bad_weights)[0]
                 value = self.bad_value(kind, now)
                 key = self._pick_user().user_id.encode()
             else:
                 kind = GOOD
                 event = self.good_event(now)
-                value = orjson.dumps(event)
+                value = orjson.dumps(event) if self.avro is None else self.avro.encode(event)
                 key = event["user_id"].encode()
             yield Generated(key, value, kind)
 
@@ -182,6 +226,8 @@ class GeneratorConfig:
     bad_ratio: float
     users: int
     progress_every_s: float = 1.0
+    value_format: str = "json"  # or "avro": framed, its schema registered at schema_registry_url
+    schema_registry_url: str | None = None
 
 
 def make_producer(bootstrap_servers: str | Connection):
@@ -214,9 +260,10 @@ def produce(config: GeneratorConfig, out=sys.stderr) -> dict[str, int]:
                                  input_topic=config.topic)
     # Asked first: a producer would wait its max_block_ms (10 s) for metadata of a missing topic.
     require_topic(config.bootstrap_servers, config.topic, create_hint)
+    output = avro_output(config, out)
     producer = make_producer(config.bootstrap_servers)
     seed = config.seed if config.seed is not None else random.randrange(2**32)
-    generator = EventGenerator(seed=seed, users=config.users, bad_ratio=config.bad_ratio)
+    generator = EventGenerator(seed=seed, users=config.users, bad_ratio=config.bad_ratio, avro=output)
     counts: dict[str, int] = {}
     failures: list[BaseException] = []
     started = last_report = time.monotonic()
@@ -248,6 +295,26 @@ def produce(config: GeneratorConfig, out=sys.stderr) -> dict[str, int]:
         raise UserError(f"sending to {config.topic} failed: {failures[0]}")
     _report(out, sent, total, time.monotonic() - started, final=True)
     return counts
+
+
+def avro_output(config: GeneratorConfig, out=sys.stderr) -> serde.AvroOutput | None:
+    """With --format avro, the input contract registered under the topic's subject (None: JSON).
+    A one-line UserError when the registry never answers or refuses it."""
+    if config.value_format != "avro":
+        return None
+    if not config.schema_registry_url:
+        raise UserError("--format avro needs --schema-registry-url (or $SCHEMA_REGISTRY_URL)")
+    serde.require_avro("--format avro")
+    from loginpipe.core import avro
+
+    def warn(message: str) -> None:
+        print(f"generator: {message}", file=out, flush=True)
+
+    output = serde.register_contract(SchemaRegistryClient(config.schema_registry_url), config.topic,
+                                     avro.INPUT_SCHEMA, warn)
+    print(f"generator: writing Avro, schema id {output.schema_id} ({serde.subject(config.topic)})",
+          file=out, flush=True)
+    return output
 
 
 def pace(started: float, sent: int, rate: float) -> None:
@@ -282,6 +349,11 @@ def build_parser() -> EnvArgumentParser:
                             help="size of the simulated user population")
     parser.add_env_argument("--progress-every", env="GENERATOR_PROGRESS_S", type=non_negative_float,
                             default=1.0, help="seconds between progress lines")
+    parser.add_env_argument("--format", env="GENERATOR_FORMAT", type=choice(serde.FORMATS),
+                            metavar="{" + ",".join(serde.FORMATS) + "}", default="json",
+                            help="values as JSON, or as framed Avro (needs --schema-registry-url); "
+                                 "bad records include Avro's own kinds then")
+    add_registry_argument(parser, "write Avro (register the input contract)")
     return parser
 
 
@@ -300,10 +372,16 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.format == "avro":  # before Kafka is asked anything: a usage error, then a missing extra
+        if not args.schema_registry_url:
+            parser.error("--format avro needs --schema-registry-url (or $SCHEMA_REGISTRY_URL)")
+        serde.require_avro("--format avro")
     signal.signal(signal.SIGTERM, _interrupt)
     config = GeneratorConfig(connection_from_args(args), args.topic, args.count, args.rate,
-                             args.seed, args.bad_ratio, args.users, args.progress_every)
+                             args.seed, args.bad_ratio, args.users, args.progress_every,
+                             args.format, args.schema_registry_url)
     produce(config)
     return 0
 

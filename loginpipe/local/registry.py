@@ -1,11 +1,14 @@
 """A local Confluent-compatible schema registry on 127.0.0.1, built from Maven Central.
 
 For machines without Docker, like ``broker.py``. Confluent's own registry is not on Maven Central,
-so this is Apicurio Registry (in memory), which serves the Confluent API under ``/apis/ccompat/v7``.
+so this is Apicurio Registry, which serves the Confluent API under ``/apis/ccompat/v7``.
 ``fetch`` builds it once with Maven (about 2 minutes and 200 MB of downloads cold) from the wrapper in
-``maven/registry/``; the build, logs and pid file live under one ignored folder.
+``maven/registry/``; the build, logs, pid file and schemas (an H2 database in ``data/``) live under
+one ignored folder. Schemas and their ids survive a stop and start: framed records name their
+writer's schema by id, so ids that restarted at 1 would decode old records with the wrong schema.
+``reset`` stops the registry and deletes its schemas.
 
-    python -m loginpipe.local.registry fetch|start|stop|status|logs
+    python -m loginpipe.local.registry fetch|start|stop|status|logs|reset
 
 Clients use ``http://127.0.0.1:18081/apis/ccompat/v7`` (``registry_url``); every subject is held to
 BACKWARD compatibility unless its own config says otherwise.
@@ -38,6 +41,7 @@ SETTINGS = WRAPPER_DIR / "settings.xml"
 API_PATH = "/apis/ccompat/v7"
 DEFAULT_PORT = 18081
 DEFAULT_HEAP_MB = 256
+COMMANDS = ("start", "stop", "status", "logs", "fetch", "reset")
 START_TIMEOUT_S = 90.0
 PROGRESS_INTERVAL_S = 15.0
 # Global compatibility for subjects without their own config. Apicurio enforces it but, unlike
@@ -193,7 +197,7 @@ def _print(line: str) -> None:
 
 @dataclass
 class LocalRegistry:
-    """One registry process (in-memory storage) whose files all live under ``home``."""
+    """One registry process whose files (build, logs, pid file, schemas) all live under ``home``."""
 
     home: Path = DEFAULT_HOME
     port: int = DEFAULT_PORT
@@ -214,6 +218,11 @@ class LocalRegistry:
     @property
     def pid_file(self) -> Path:
         return self.home / "registry.pid"
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the registry keeps its schemas (H2 database files) between runs."""
+        return self.home / "data"
 
     def pid(self) -> int | None:
         """The registry's pid when our registry process is alive, else None."""
@@ -270,6 +279,7 @@ class LocalRegistry:
 
     def _launch(self) -> subprocess.Popen:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -285,11 +295,17 @@ class LocalRegistry:
             "java", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", f"-Xmx{self.heap_mb}m",
             f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
             f"-Dregistry.rules.global.compatibility={GLOBAL_COMPATIBILITY}",
+            # On disk rather than Apicurio's default in-memory H2: schemas and ids outlive a restart.
+            # DB_CLOSE_ON_EXIT=FALSE leaves closing to the app, which flushes on SIGTERM. H2's
+            # default lock wait (1 s) failed two first registrations made at once (generator and
+            # consumer of `make run --avro`) with a table lock timeout.
+            f"-Dquarkus.datasource.jdbc.url=jdbc:h2:file:{self.data_dir / 'registry'};DB_CLOSE_ON_EXIT=FALSE;"
+            "LOCK_TIMEOUT=10000",
             "-jar", str(self.jar),
         ]
 
     def stop(self, timeout_s: float = 20.0) -> str:
-        """Stop cleanly with SIGTERM; SIGKILL after ``timeout_s``. Its schemas go with it (in memory)."""
+        """Stop cleanly with SIGTERM; SIGKILL after ``timeout_s``. Its schemas stay in ``data_dir``."""
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
@@ -302,6 +318,15 @@ class LocalRegistry:
             how = f"killed after {timeout_s:.0f}s"
         self.pid_file.unlink(missing_ok=True)
         return f"{how} (pid {pid})"
+
+    def reset(self) -> str:
+        """Stop the registry if it runs and delete every schema it stored (ids start at 1 again)."""
+        stopped = self.stop()
+        prefix = "" if stopped == "not running" else f"{stopped}; "
+        if not self.data_dir.exists():
+            return f"{prefix}no stored schemas to delete ({self.data_dir} does not exist)"
+        shutil.rmtree(self.data_dir)
+        return f"{prefix}deleted every stored schema ({self.data_dir})"
 
     def status(self) -> str:
         pid = self.pid()
@@ -316,9 +341,9 @@ class LocalRegistry:
 
 def build_parser() -> EnvArgumentParser:
     parser = EnvArgumentParser(prog="python -m loginpipe.local.registry", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["start", "stop", "status", "logs", "fetch"])
+    parser.add_argument("command", choices=COMMANDS)
     parser.add_env_argument("--home", env="SCHEMA_REGISTRY_HOME", default=str(DEFAULT_HOME),
-                            help="folder for the build, logs and pid file")
+                            help="folder for the build, logs, pid file and stored schemas")
     parser.add_env_argument("--port", env="SCHEMA_REGISTRY_PORT", type=port_number, default=DEFAULT_PORT,
                             help="HTTP port on 127.0.0.1")
     parser.add_env_argument("--heap-mb", env="SCHEMA_REGISTRY_HEAP_MB", type=positive_int,
@@ -340,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if text.startswith("running") else 3
     elif args.command == "logs":
         print(registry.tail(args.lines))
+    elif args.command == "reset":
+        print(registry.reset())
     elif args.command == "fetch":
         print(f"Apicurio Registry {apicurio_version()}: {ensure_built(registry.home)}")
     return 0

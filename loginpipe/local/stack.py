@@ -2,7 +2,8 @@
 
 Starts the local broker (unless --bootstrap-servers points elsewhere), creates the topics,
 starts the event generator and the dashboard in the background and the consumer in the
-foreground. Ctrl+C stops them all cleanly; the broker keeps running for the next run
+foreground. With --avro (make run AVRO=1) the local schema registry too, and Avro end to end.
+Ctrl+C stops them all cleanly; the broker keeps running for the next run
 (`make kafka-stop` stops it).
 Flags not listed here are the consumer's (see `python create_kafka_consumer.py --help`); the
 topics are created under the names they give.
@@ -11,6 +12,7 @@ topics are created under the names they give.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -21,14 +23,24 @@ from pathlib import Path
 from typing import IO
 
 from loginpipe import cli
-from loginpipe.cli import DEFAULT_BOOTSTRAP, EnvArgumentParser, non_negative_float, port_number, run_cli
+from loginpipe.cli import (
+    DEFAULT_BOOTSTRAP,
+    REGISTRY_ENV,
+    EnvArgumentParser,
+    flag,
+    non_negative_float,
+    port_number,
+    run_cli,
+)
 from loginpipe.config import PipelineConfig, build_pipeline_parser, pipeline_config
 from loginpipe.kafka.admin import ensure_topics
 from loginpipe.kafka.backends import make_backend
 from loginpipe.kafka.settings import connection_env
 from loginpipe.local.broker import LocalBroker, port_is_free
+from loginpipe.local.registry import LocalRegistry
 from loginpipe.observe import logs
 from loginpipe.runtime.app import Application, tune_gc
+from loginpipe.serde import require_avro
 from loginpipe.topics import DEFAULT_PARTITIONS, TOPIC_FLAGS, pipeline_topics
 from loginpipe.waiting import wait_until
 
@@ -43,6 +55,10 @@ def build_parser() -> EnvArgumentParser:
                             help="generator events per second (0: no generator)")
     parser.add_env_argument("--dashboard-port", env="DASHBOARD_PORT", type=port_or_zero, default=8501,
                             help="serve the live dashboard on this port (0: no dashboard)")
+    parser.add_env_argument("--avro", env="AVRO", type=flag, default=False, nargs="?", const=True,
+                            help="Avro end to end: start the local schema registry (unless "
+                                 "--schema-registry-url names one), the generator writes framed Avro "
+                                 "and the consumer writes it (--output-format avro)")
     return parser
 
 
@@ -81,8 +97,23 @@ def start_dashboard(config, port: int) -> subprocess.Popen | None:
 
 
 def child_env(config: PipelineConfig) -> dict[str, str]:
-    """The generator and the dashboard connect as the consumer does (flags, file or environment)."""
-    return {**os.environ, **connection_env(config.connection)}
+    """The generator and the dashboard connect as the consumer does (flags, file or environment),
+    and read and write Avro with its registry."""
+    env = {**os.environ, **connection_env(config.connection)}
+    if config.schema_registry_url:
+        env[REGISTRY_ENV] = config.schema_registry_url
+    return env
+
+
+def with_avro(config: PipelineConfig) -> PipelineConfig:
+    """--avro: the local registry started (unless the consumer's flags name one), Avro output."""
+    require_avro("--avro")
+    url = config.schema_registry_url
+    if not url:
+        registry = LocalRegistry()
+        print(f"registry: {registry.start()}", flush=True)
+        url = registry.url
+    return dataclasses.replace(config, schema_registry_url=url, output_format="avro")
 
 
 @contextlib.contextmanager
@@ -133,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
         print(f"kafka: {LocalBroker().start_or_reuse()}", flush=True)
     create_topics(config)
+    if args.avro:
+        config = with_avro(config)
     generator = None
     if args.rate > 0:
         generator = subprocess.Popen([
             sys.executable, "-m", "loginpipe.local.generator",
             "--topic", config.input_topic, "--rate", str(args.rate), "--progress-every", "30",
+            "--format", config.output_format,
         ], env=child_env(config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=relay, args=(generator.stdout,), daemon=True, name="generator-output").start()
         print(f"generator: started (pid {generator.pid}), {args.rate:g} events/s", flush=True)
@@ -152,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 child.wait(timeout=30)
     if config.bootstrap_servers == DEFAULT_BOOTSTRAP:
         print("the local broker is still running; `make kafka-stop` stops it", flush=True)
+    if args.avro:
+        print("the local registry is still running; `make registry-stop` stops it", flush=True)
     return 1 if result.failed else 0
 
 

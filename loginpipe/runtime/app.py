@@ -42,6 +42,7 @@ from loginpipe.runtime.processes import INDEX_ENV, own_line_prefix
 from loginpipe.runtime.shared import SharedState
 from loginpipe.runtime.transactions import transactional_prefix
 from loginpipe.runtime.worker import CLOSE_GRACE_S, Worker
+from loginpipe.serde import SchemaCache, register_contract, require_avro, subject
 from loginpipe.topics import InternalTopics, missing_topics_message, plural
 
 HEALTH_EVERY_S = 5.0
@@ -96,6 +97,7 @@ class Application:
         self.sender: Sender | None = None
         self.publisher: Publisher | None = None
         self.exporter: Exporter | None = None
+        self.schemas: SchemaCache | None = None
         self._interrupts = 0
 
     def run(self, install_signals: bool = True) -> RunResult:
@@ -106,6 +108,7 @@ class Application:
     def _run(self, install_signals: bool) -> RunResult:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # broker trouble is reported by us
         self._check_topics()
+        self._use_registry()
         if self.config.metrics_port:
             self.exporter = self._make_exporter()  # first: a taken port fails before any client exists
         try:
@@ -122,7 +125,7 @@ class Application:
         ctx = Context(self.config, self.backend, self.sender, self.state, self.topology, self.stats,
                       self.shutdown, self.warn, self.acknowledge, self.fail, share, out, self.exporter,
                       transactional_prefix(self.config.group_id, self.config.group_instance_id),
-                      self.transaction)
+                      self.transaction, self.schemas)
         workers = [Worker(i, ctx) for i in range(self.config.threads)]
         for worker in workers:
             worker.start()
@@ -330,6 +333,32 @@ class Application:
         same = partitions == found[config.output_topic]
         routes = dataclasses.replace(self.topology.routes, keep_partition=same, partitions=partitions)
         self.topology = dataclasses.replace(self.topology, routes=routes)
+
+    def _use_registry(self) -> None:
+        """--schema-registry-url: register both contracts under their topics' subjects (BACKWARD
+        unless the subject has a level of its own), read framed input through a ``SchemaCache``,
+        and with --output-format avro write processed records framed with the output's id."""
+        config = self.config
+        if not config.schema_registry_url:
+            return
+        from loginpipe.core import avro
+        from loginpipe.registry_client import SchemaRegistryClient
+
+        require_avro("--schema-registry-url")
+        client = SchemaRegistryClient(config.schema_registry_url)
+        stopping = self.shutdown.is_set
+        source = register_contract(client, config.input_topic, avro.INPUT_SCHEMA, self.warn,
+                                   stopping=stopping)
+        output = register_contract(client, config.output_topic, avro.OUTPUT_SCHEMA, self.warn,
+                                   stopping=stopping)
+        self.schemas = SchemaCache(client, self.warn)
+        if config.output_format == "avro":
+            routes = dataclasses.replace(self.topology.routes, encode_output=output.encode)
+            self.topology = dataclasses.replace(self.topology, routes=routes)
+        if not config.quiet:
+            self.log.info(f"schema registry {client.url}: {subject(config.input_topic)} id "
+                          f"{source.schema_id}, {subject(config.output_topic)} id {output.schema_id}; "
+                          f"processed records as {config.output_format}")
 
     def _check_permissions(self, wanted: dict[str, list[str]]) -> None:
         """A missing ACL is one line before the first record (README, Connecting to a secured cluster)."""

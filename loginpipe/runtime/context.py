@@ -23,6 +23,7 @@ from loginpipe.observe.prometheus import Exporter
 from loginpipe.observe.stats import Stats
 from loginpipe.runtime.delivery import Sender
 from loginpipe.runtime.shared import SharedState
+from loginpipe.serde import SchemaCache
 
 
 class Warner:
@@ -84,3 +85,4 @@ class Context:
     exporter: Exporter | None = None
     transactional_prefix: str = ""  # exactly-once: worker i's transactional id is "<prefix>-<i>"
     transaction: Callable[[bool, int, float], None] = lambda committed, records, seconds: None
+    schemas: SchemaCache | None = None  # --schema-registry-url: writer schemas of framed input, by id

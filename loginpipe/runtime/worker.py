@@ -22,6 +22,7 @@ from loginpipe.kafka.base import ClientError, Consumer, TopicPartition, is_autho
 from loginpipe.runtime.checkpoint import Checkpointer
 from loginpipe.runtime.context import Context
 from loginpipe.runtime.transactions import Transactions
+from loginpipe.serde import framed_ids
 from loginpipe.state.restore import Restorer
 from loginpipe.state.stores import DeviceState, LoginState
 
@@ -33,6 +34,7 @@ LAG_EVERY_S = 1.0
 REVOKE_DRAIN_S = 5.0
 CLOSE_GRACE_S = 5.0  # past the shutdown deadline: closing the consumer
 E2E_SAMPLES_PER_BATCH = 200  # end-to-end latency is sampled: a p99 needs no more
+REGISTRY_WAIT_S = 0.5  # the registry does not answer: records put back, poll again after this
 
 
 class Worker(threading.Thread):
@@ -276,17 +278,24 @@ class Worker(threading.Thread):
         ctx = self.ctx
         started = time.perf_counter()
         now_s = time.time()
-        result, offsets, repartitioned, read = BatchResult(), {}, [], 0
+        result, offsets, repartitioned, read, put_back = BatchResult(), {}, [], 0, False
         for tp, batch in polled.items():
             state = self._states.get(TopicPartition(*tp))
             if state is None or tp in self._restoring:
                 self._not_ready(tp, batch[0].offset, state is None)
                 continue
+            schemas = None
+            if ctx.schemas is not None and isinstance(state, LoginState):
+                schemas = ctx.schemas.resolve(framed_ids(record.value for record in batch))
+                if schemas is None:  # the registry does not answer: read these again, later
+                    self._consumer.seek(TopicPartition(*tp), batch[0].offset)
+                    put_back = True
+                    continue
             offsets[tp] = batch[-1].offset + 1
             self._start_offsets.setdefault(tp, batch[0].offset)
             read += len(batch)
             if isinstance(state, LoginState):
-                step = process_logins(batch, state, ctx.state.count, ctx.topology, now_s)
+                step = process_logins(batch, state, ctx.state.count, ctx.topology, now_s, schemas)
             else:
                 step = process_devices(batch, state, ctx.topology, now_s)
                 repartitioned.extend(batch)
@@ -303,6 +312,8 @@ class Worker(threading.Thread):
         ctx.stats.record(result, elapsed, e2e_ms, step_n)
         if ctx.exporter:
             ctx.exporter.record(result, elapsed, e2e_ms, step_n)
+        if put_back:  # SchemaCache warns, and asks the registry again once this is up
+            ctx.shutdown.event.wait(REGISTRY_WAIT_S)
 
     def _not_ready(self, tp, offset: int, unknown: bool) -> None:
         """Records of a partition whose state is not ready: read them again once it is. The pause

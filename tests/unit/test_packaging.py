@@ -31,7 +31,9 @@ LOCK = ROOT / "requirements.lock"
 # Modules with a main(argv) that are not commands of their own: the dispatcher, and the tool that
 # renders the README's field tables from the schemas (for developers, run with python -m).
 # quix_app runs under the benchmark's own Quix Streams interpreter, not as a loginpipe command
-NOT_COMMANDS = {"loginpipe.commands", "loginpipe.core.contracts", "loginpipe.benchmark.quix_app"}
+# loginpipe.local.registry is reached through loginpipe.registry (`loginpipe registry start`)
+NOT_COMMANDS = {"loginpipe.commands", "loginpipe.core.contracts", "loginpipe.benchmark.quix_app",
+                "loginpipe.local.registry"}
 
 
 @pytest.fixture(autouse=True)

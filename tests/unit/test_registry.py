@@ -4,16 +4,13 @@ registry is exercised by tests/integration/test_registry.py (pytest -m registry)
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -22,6 +19,7 @@ from loginpipe.local import registry
 from loginpipe.local.registry import LocalRegistry
 from loginpipe.registry_client import RegistryError, RegistryUnavailable, SchemaRegistryClient
 from loginpipe.waiting import wait_until
+from tests.fake_registry import ScriptedRegistry
 
 VERSION = registry.apicurio_version()
 ORIGINAL_PROPERTIES = ("%prod.quarkus.http.port=${HTTP_PORT:8080}\n"
@@ -241,6 +239,27 @@ def test_a_running_registry_is_found_by_its_jar_and_stopped(tools: Path, tmp_pat
     assert local.pid() is None and local.stop() == "not running"
 
 
+def test_schemas_are_stored_on_disk_under_the_home(tmp_path: Path) -> None:
+    command = LocalRegistry(home=tmp_path).command()
+    # Apicurio's default is an in-memory H2 database: a restart would lose every schema and reuse ids
+    assert (f"-Dquarkus.datasource.jdbc.url=jdbc:h2:file:{tmp_path / 'data' / 'registry'};"
+            "DB_CLOSE_ON_EXIT=FALSE;LOCK_TIMEOUT=10000") in command
+    assert command.index("-jar") > command.index(next(a for a in command if "jdbc" in a))  # a JVM flag
+
+
+def test_reset_stops_the_registry_and_deletes_its_schemas(tools: Path, tmp_path: Path) -> None:
+    install(tools, "java", FAKE_JAVA)
+    local = built(tmp_path)
+    proc = local._launch()
+    assert local.data_dir.is_dir()  # made before the JVM starts
+    (local.data_dir / "registry.mv.db").write_text("schemas")
+    assert wait_until(local.pid, 10) == proc.pid
+    assert local.reset() == f"stopped (pid {proc.pid}); deleted every stored schema ({local.data_dir})"
+    assert local.pid() is None and not local.data_dir.exists()
+    assert (tmp_path / "app" / "quarkus-run.jar").is_file()  # the build stays
+    assert local.reset() == f"no stored schemas to delete ({local.data_dir} does not exist)"
+
+
 def test_a_recycled_pid_is_not_taken_for_the_registry(tmp_path: Path) -> None:
     local = LocalRegistry(home=tmp_path)
     local.pid_file.write_text(f"{os.getpid()}\n")  # this test's own process
@@ -262,42 +281,11 @@ def test_the_command_line_errors_are_one_line(tmp_path: Path, taken_port: int) -
 
 # ---------------------------------------------------------------- the client
 
-class FakeRegistry(BaseHTTPRequestHandler):
-    """Answers from ``answers`` ((method, path) -> (status, body)); records every request."""
-
-    answers: ClassVar[dict[tuple[str, str], tuple[int, Any]]] = {}
-    seen: ClassVar[list[tuple[str, str, str, Any]]] = []
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
-        self.seen.append((self.command, self.path, self.headers.get("Content-Type"), body))
-        status, answer = self.answers.get((self.command, self.path), (404, {"error_code": 40401,
-                                                                            "message": "not found"}))
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def fake() -> Iterator[tuple[SchemaRegistryClient, type[FakeRegistry]]]:
-    handler = type("Handler", (FakeRegistry,), {"answers": {}, "seen": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield SchemaRegistryClient(f"http://127.0.0.1:{server.server_port}/apis/ccompat/v7/"), handler
-    finally:
-        server.shutdown()
-        server.server_close()
+def fake() -> Iterator[tuple[SchemaRegistryClient, ScriptedRegistry]]:
+    """A client and the scripted registry it talks to (``answers`` and ``seen`` use the full path)."""
+    with ScriptedRegistry() as server:
+        yield SchemaRegistryClient(f"{server.url}/"), server
 
 
 def test_register_posts_the_schema_under_the_quoted_subject(fake: Any) -> None:
