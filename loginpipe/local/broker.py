@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from typing import Any
 
 from loginpipe.cli import EnvArgumentParser, flag, port_number, positive_int, run_cli
 from loginpipe.errors import UserError
+from loginpipe.local.background import Background, log_tail
 from loginpipe.local.secrets import (
     ADMIN_USER,
     PIPELINE_USER,
@@ -220,20 +219,14 @@ class LocalBroker:
         found.pop("CONTROLLER", None)
         return found
 
+    @property
+    def process(self) -> Background:
+        # A recycled pid belongs to some other program: only ours names our properties file.
+        return Background(self.pid_file, self.log_file, str(self.properties_file))
+
     def pid(self) -> int | None:
         """The broker's pid when our broker process is alive, else None."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        # A recycled pid belongs to some other program: only ours names our properties file.
-        if str(self.properties_file).encode() not in cmdline:
-            return None
-        return pid
+        return self.process.pid()
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -324,15 +317,7 @@ class LocalBroker:
         return client_settings(self.secrets.properties_file(ADMIN_USER))
 
     def _launch(self) -> subprocess.Popen:
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(
-                self._java("kafka.Kafka", str(self.properties_file)),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl+C in the caller's terminal must not kill the broker
-            )
-        self.pid_file.write_text(f"{proc.pid}\n")
-        return proc
+        return self.process.launch(self._java("kafka.Kafka", str(self.properties_file)))
 
     def _wait_for(self, proc: subprocess.Popen, settings: dict[str, Any], deadline: float) -> None:
         """Return once the broker answers with ``settings``; stop it and raise if it exits or never does."""
@@ -373,28 +358,11 @@ class LocalBroker:
 
     def stop(self, timeout_s: float = 20.0) -> str:
         """Stop cleanly with SIGTERM; SIGKILL after ``timeout_s``."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return "not running"
-        os.kill(pid, signal.SIGTERM)
-        how = "stopped"
-        if not _wait_for_exit(pid, timeout_s):
-            os.kill(pid, signal.SIGKILL)
-            _wait_for_exit(pid, 5.0)
-            how = f"killed after {timeout_s:.0f}s"
-        self.pid_file.unlink(missing_ok=True)
-        return f"{how} (pid {pid})"
+        return self.process.stop(timeout_s)
 
     def kill(self) -> str:
         """Kill the broker at once (SIGKILL, as a crash would): for outage tests."""
-        pid = self.pid()
-        if pid is None:
-            return "not running"
-        os.kill(pid, signal.SIGKILL)
-        _wait_for_exit(pid, 10.0)
-        self.pid_file.unlink(missing_ok=True)
-        return f"killed (pid {pid})"
+        return self.process.kill()
 
     def status(self) -> str:
         """Which listeners the running broker has, and whether it answers on the first of them."""
@@ -411,10 +379,7 @@ class LocalBroker:
         return f"running at {_describe(running)} (pid {pid}), {health}"
 
     def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no broker log yet)"
+        return log_tail(self.log_file, lines, "(no broker log yet)")
 
     def dump_log_segments(self, topic: str) -> str:
         """Kafka's own DumpLogSegments over every segment of ``topic`` (shows each batch's codec)."""
@@ -495,20 +460,6 @@ def _create_users(plaintext_bootstrap: str, secrets: Secrets) -> None:
     failed = {user: error for user, error in errors.items() if error}
     if failed:
         raise UserError(f"could not create the SCRAM users: {failed}")
-
-
-def _wait_for_exit(pid: int, timeout_s: float) -> bool:
-    return bool(wait_until(lambda: not _alive(pid), timeout_s, interval_s=0.1))
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child (tests start brokers in-process)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _server_properties(broker: LocalBroker) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,8 @@ from pathlib import Path
 
 from loginpipe.cli import EnvArgumentParser, port_number, positive_int, run_cli
 from loginpipe.errors import UserError
-from loginpipe.local.broker import PROJECT_ROOT, _wait_for_exit, port_is_free
+from loginpipe.local.background import Background, log_tail, read_command_line
+from loginpipe.local.broker import PROJECT_ROOT, port_is_free
 from loginpipe.waiting import wait_until
 
 WRAPPER_DIR = Path(__file__).resolve().parent / "maven" / "registry"
@@ -123,7 +123,7 @@ def run_maven(args: list[str], cwd: Path, log: Path, step: str,
                              + (f", {downloads} files downloaded so far" if downloads else ""))
     if proc.returncode != 0:
         raise UserError(f"the registry build failed ({step}, mvn exit {proc.returncode}); "
-                        f"last lines of {log}:\n{_tail(log, 15)}")
+                        f"last lines of {log}:\n{log_tail(log, 15)}")
 
 
 def _downloads(log: Path) -> int:
@@ -131,13 +131,6 @@ def _downloads(log: Path) -> int:
         return log.read_text(errors="replace").count("Downloaded from")
     except OSError:
         return 0
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no {path.name} yet)"
 
 
 def ensure_built(home: Path, quiet: bool = False) -> Path:
@@ -178,7 +171,7 @@ def ensure_built(home: Path, quiet: bool = False) -> Path:
     built = build / "target" / "quarkus-app"
     if not (built / "quarkus-run.jar").is_file():
         raise UserError(f"the registry build finished but made no quarkus-run.jar; last lines of {log}:\n"
-                        f"{_tail(log, 15)}")
+                        f"{log_tail(log, 15)}")
     if app.exists():
         shutil.rmtree(app)
     shutil.move(built, app)
@@ -224,25 +217,22 @@ class LocalRegistry:
         """Where the registry keeps its schemas (H2 database files) between runs."""
         return self.home / "data"
 
+    @property
+    def process(self) -> Background:
+        # A recycled pid belongs to some other program: only ours names our jar.
+        return Background(self.pid_file, self.log_file, str(self.jar))
+
     def pid(self) -> int | None:
         """The registry's pid when our registry process is alive, else None."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        # A recycled pid belongs to some other program: only ours names our jar.
-        return pid if str(self.jar).encode() in cmdline else None
+        return self.process.pid()
 
     def running_port(self) -> int | None:
         """The port our running registry was started on (from its command line)."""
         pid = self.pid()
-        if pid is None:
+        command_line = None if pid is None else read_command_line(pid)
+        if command_line is None:
             return None
-        match = re.search(rb"-Dquarkus\.http\.port=(\d+)", Path(f"/proc/{pid}/cmdline").read_bytes())
+        match = re.search(rb"-Dquarkus\.http\.port=(\d+)", command_line)
         return int(match.group(1)) if match else None
 
     def start(self, timeout_s: float = START_TIMEOUT_S, quiet: bool = False) -> str:
@@ -278,16 +268,8 @@ class LocalRegistry:
         return self.start()
 
     def _launch(self) -> subprocess.Popen:
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.home,
-                start_new_session=True,  # Ctrl+C in the caller's terminal must not kill the registry
-            )
-        self.pid_file.write_text(f"{proc.pid}\n")
-        return proc
+        return self.process.launch(self.command(), cwd=self.home)
 
     def command(self) -> list[str]:
         # C1 only and the serial collector: ready in about 6 s instead of 13, in about 200 MB.
@@ -306,18 +288,7 @@ class LocalRegistry:
 
     def stop(self, timeout_s: float = 20.0) -> str:
         """Stop cleanly with SIGTERM; SIGKILL after ``timeout_s``. Its schemas stay in ``data_dir``."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return "not running"
-        os.kill(pid, signal.SIGTERM)
-        how = "stopped"
-        if not _wait_for_exit(pid, timeout_s):
-            os.kill(pid, signal.SIGKILL)
-            _wait_for_exit(pid, 5.0)
-            how = f"killed after {timeout_s:.0f}s"
-        self.pid_file.unlink(missing_ok=True)
-        return f"{how} (pid {pid})"
+        return self.process.stop(timeout_s)
 
     def reset(self) -> str:
         """Stop the registry if it runs and delete every schema it stored (ids start at 1 again)."""
@@ -336,7 +307,7 @@ class LocalRegistry:
         return f"running at {url} (pid {pid}), {'answering' if api_answers(url) else 'not answering'}"
 
     def tail(self, lines: int = 30) -> str:
-        return _tail(self.log_file, lines)
+        return log_tail(self.log_file, lines)
 
 
 def build_parser() -> EnvArgumentParser:
