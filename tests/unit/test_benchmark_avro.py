@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 from types import SimpleNamespace
 
 import fastavro
@@ -258,6 +259,11 @@ def test_a_registry_given_to_the_bench_is_checked_before_any_run(tmp_path) -> No
     from loginpipe.benchmark.cli import main
     from loginpipe.errors import UserError
 
-    with pytest.raises(UserError, match="no schema registry answers at"):
-        main(["--only", "avro", "--schema-registry-url", "http://127.0.0.1:1/x", "--out-dir", str(tmp_path)])
+    handler = signal.getsignal(signal.SIGTERM)  # the bench installs its own: put it back after
+    try:
+        with pytest.raises(UserError, match="no schema registry answers at"):
+            main(["--only", "avro", "--schema-registry-url", "http://127.0.0.1:1/x", "--out-dir",
+                  str(tmp_path)])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
     assert not (tmp_path / "logs").exists()  # nothing started: not even the run's log folder
