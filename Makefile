@@ -23,7 +23,7 @@ run: $(RUN_STAMP) kafka-fetch      ## broker + topics + generator + consumer (AV
 	$(VENV)/bin/loginpipe run $(if $(AVRO),--avro)
 
 test: $(DEV_STAMP) kafka-fetch chromium  ## unit + integration tests against a real local broker
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-registry: $(DEV_STAMP) kafka-fetch registry-fetch  ## Avro and the real schema registry (built first: about 2 minutes cold)
 	$(PY) -m pytest -m registry
