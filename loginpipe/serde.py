@@ -5,7 +5,7 @@ The pure half (framing, encoding, decoding with a given schema) is ``core/avro.p
 talks to the registry. Who uses it:
 
 - the pipeline: ``SchemaCache`` resolves the ids of framed input before the core runs (the core
-  gets the schemas as a plain mapping), ``register_contracts`` registers both contracts on start
+  gets the schemas as a plain mapping), ``register_contract`` registers both contracts on start
   and ``AvroOutput`` frames processed records with the registered id;
 - the generator writes Avro with ``AvroOutput``;
 - ``tail``, the dashboard and the benchmark read either format with ``read_value``.
@@ -25,11 +25,11 @@ from typing import Any
 
 import orjson
 
+from loginpipe.core.events import AVRO_HEADER_BYTES as HEADER_BYTES
+from loginpipe.core.events import AVRO_MAGIC
 from loginpipe.errors import UserError
 from loginpipe.registry_client import RegistryError, RegistryUnavailable, SchemaRegistryClient
 
-MAGIC = 0
-HEADER_BYTES = 5  # the magic byte and a 4-byte schema id
 MAX_SCHEMAS = 1024
 UNKNOWN_RETRY_S = 30.0  # an id the registry did not know may be registered since
 RETRY_EVERY_S = 2.0  # while the registry does not answer, ask again at most this often
@@ -56,7 +56,7 @@ def require_avro(what: str) -> None:
 
 def framed_id(value: bytes | None) -> int | None:
     """The schema id of a framed value (None for JSON, or a frame too short to hold one)."""
-    if value and value[0] == MAGIC and len(value) >= HEADER_BYTES:
+    if value and value[:1] == AVRO_MAGIC and len(value) >= HEADER_BYTES:
         return int.from_bytes(value[1:HEADER_BYTES], "big")
     return None
 
@@ -64,7 +64,7 @@ def framed_id(value: bytes | None) -> int | None:
 def framed_ids(values: Iterable[bytes | None]) -> set[int]:
     """The schema ids a batch of values names."""
     return {int.from_bytes(v[1:HEADER_BYTES], "big") for v in values
-            if v and v[0] == MAGIC and len(v) >= HEADER_BYTES}
+            if v and v[:1] == AVRO_MAGIC and len(v) >= HEADER_BYTES}
 
 
 class SchemaCache:
