@@ -123,3 +123,20 @@ def secure_kafka(kafka_libs: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             nowrite_password=secrets.password(NOWRITE_USER))
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def private_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A schema registry of the module's own (its own home, data and free port, the checkout's
+    build shared), so a test may stop and restart it and the checkout's registry is never touched;
+    built first if need be (about 2 minutes cold). Stopped at the end."""
+    from loginpipe.local.registry import DEFAULT_HOME as REGISTRY_HOME
+    from loginpipe.local.registry import LocalRegistry, ensure_built
+
+    ensure_built(REGISTRY_HOME, quiet=True)
+    home = tmp_path_factory.mktemp("registry")
+    (home / "app").symlink_to(REGISTRY_HOME / "app")
+    registry = LocalRegistry(home=home, port=free_port())
+    registry.start(quiet=True)
+    yield registry
+    registry.stop()

@@ -10,7 +10,7 @@ import io
 import json
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -18,9 +18,8 @@ import pytest
 from loginpipe import serde
 from loginpipe.core import avro, events
 from loginpipe.core.records import REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
-from loginpipe.local.broker import free_port
 from loginpipe.local.generator import GOOD, EventGenerator, make_producer
-from loginpipe.local.registry import DEFAULT_HOME, LocalRegistry, ensure_built
+from loginpipe.local.registry import LocalRegistry
 from loginpipe.registry_client import SchemaRegistryClient
 from loginpipe.waiting import wait_until
 from tests.helpers import (
@@ -38,16 +37,9 @@ fastavro = pytest.importorskip("fastavro")
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
-    """A registry of this module's own (its own port and data), so it can be stopped mid-run
-    whatever else runs; built once into the checkout's .registry/ (about 2 minutes cold)."""
-    ensure_built(DEFAULT_HOME, quiet=True)
-    home = tmp_path_factory.mktemp("registry")
-    (home / "app").symlink_to(DEFAULT_HOME / "app")
-    registry = LocalRegistry(home=home, port=free_port())
-    registry.start(quiet=True)
-    yield registry
-    registry.stop()
+def registry(private_registry: LocalRegistry) -> LocalRegistry:
+    """Its own registry (tests/conftest.py): stopped and restarted mid-run below."""
+    return private_registry
 
 
 def framed(schema_id: int, event: dict) -> bytes:

@@ -1,24 +1,20 @@
 """The generator writes Avro through a real registry to a real broker, and ``loginpipe tail`` reads it
 back decoded: every record in the order written, good events with the registered schema id, each
-bad kind shown for what it is. The registry: the checkout's own when it runs, else one started on a
-free port for this module (pytest -m registry)."""
+bad kind shown for what it is. The registry: one of the module's own (tests/conftest.py), on a free
+port (pytest -m registry)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import orjson
 import pytest
 
 from loginpipe import serde
 from loginpipe.core import avro
-from loginpipe.kafka.admin import delete_topics, ensure_topics
-from loginpipe.local.broker import free_port
 from loginpipe.local.generator import GOOD, UNKNOWN_SCHEMA_ID, EventGenerator
-from loginpipe.local.registry import LocalRegistry, api_answers, registry_url
+from loginpipe.local.registry import LocalRegistry
 from loginpipe.registry_client import SchemaRegistryClient
-from loginpipe.topics import TopicSpec
 from tests.helpers import run_cli
+from tests.integration.test_tail import topic as topic  # the fixture: one partition, in order
 
 pytestmark = [pytest.mark.integration, pytest.mark.registry]
 
@@ -29,28 +25,8 @@ BAD_RATIO = 0.3
 
 
 @pytest.fixture(scope="module")
-def registry() -> Iterator[str]:
-    """The API base of a running registry; one this fixture started is stopped at the end."""
-    running = LocalRegistry()
-    port = running.running_port()
-    if port is not None or api_answers(registry_url()):
-        yield registry_url(port or running.port)
-        return
-    started = LocalRegistry(port=free_port())
-    started.start(quiet=True)
-    try:
-        yield started.url
-    finally:
-        started.stop()
-
-
-@pytest.fixture
-def topic(bootstrap: str, topic_name) -> Iterator[str]:
-    """One partition: records come back in the order the generator wrote them."""
-    name = topic_name("avro")
-    ensure_topics(bootstrap, [TopicSpec(name, "test")], partitions=1)
-    yield name
-    delete_topics(bootstrap, [name])
+def registry(private_registry: LocalRegistry) -> str:
+    return private_registry.url
 
 
 def test_generated_avro_is_read_back_decoded_by_tail(bootstrap: str, registry: str, topic: str) -> None:
